@@ -1,0 +1,47 @@
+"""fedft's Flower ClientApp: translate messages to and from the client runtime."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients import torch_client
+from fedft.config import Scenario
+from fedft.records import config_to_scenario, factors_to_record, record_to_factors
+
+app = ClientApp()
+
+
+def _setup(msg: Message, context: Context) -> tuple[Scenario, int]:
+    scenario = config_to_scenario(msg.content["config"])
+    torch.set_num_threads(scenario.simulation.threads_per_client)
+    return scenario, int(context.node_config["partition-id"])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the global LoRA factors on this node's partition and reply with the new ones."""
+    scenario, partition_id = _setup(msg, context)
+    factors = record_to_factors(msg.content["arrays"])
+    server_round = int(msg.content["config"]["server-round"])
+    new_factors, metrics = torch_client.train_round(scenario, partition_id, factors, server_round)
+    content = RecordDict(
+        {"arrays": factors_to_record(new_factors), "metrics": MetricRecord(metrics)}
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global LoRA factors on this node's eval split."""
+    scenario, partition_id = _setup(msg, context)
+    result = torch_client.evaluate_round(
+        scenario, partition_id, record_to_factors(msg.content["arrays"])
+    )
+    metrics = {
+        "eval_loss": result.loss,
+        "accuracy": result.accuracy,
+        "num-examples": float(max(result.examples, 1)),
+    }
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

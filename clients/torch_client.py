@@ -1,0 +1,69 @@
+"""The torch client runtime: first-order LoRA training of the scenario's model on one partition."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import torch
+
+from fedft.adapters import get_factors, set_factors_
+from fedft.config import Scenario
+from fedft.data import EncodedDataset, encode_examples
+from fedft.models import load_peft_model
+from fedft.task import federated_data
+from fedft.train import EvalResult, evaluate, select_device, train_local
+
+
+@functools.cache
+def client_datasets(scenario: Scenario, partition_id: int) -> tuple[EncodedDataset, EncodedDataset]:
+    """The partition's encoded train and eval sets, built once per process."""
+    data = federated_data(scenario)
+    if not 0 <= partition_id < len(data.client_train):
+        raise ValueError(
+            f"partition-id {partition_id} is outside [0, {len(data.client_train)}) of the scenario"
+        )
+    _, tokenizer = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
+    cfg = scenario.data
+
+    def encode(examples: tuple) -> EncodedDataset:
+        return encode_examples(
+            list(examples), tokenizer, cfg.max_length, template=cfg.template, chat=cfg.chat
+        )
+
+    return encode(data.client_train[partition_id]), encode(data.client_eval[partition_id])
+
+
+def train_round(
+    scenario: Scenario,
+    partition_id: int,
+    global_factors: Mapping[str, torch.Tensor],
+    server_round: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Start from the global factors, train the round's local steps, return factors and metrics."""
+    model, _ = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
+    train_set, eval_set = client_datasets(scenario, partition_id)
+    device = select_device(scenario.train.device)
+    set_factors_(model, global_factors)
+    seed = scenario.run.seed * 1_000_003 + server_round * 1_009 + partition_id
+    result = train_local(model, train_set, scenario.train, seed, device)
+    metrics = {
+        "train_loss": result.loss,
+        "num-examples": float(result.examples),
+        "examples": float(result.examples),
+        "steps": float(result.steps),
+    }
+    if len(eval_set):
+        local = evaluate(model, eval_set, scenario.train.batch_size * 4, device)
+        metrics["local_eval_loss"] = local.loss
+    return get_factors(model), metrics
+
+
+def evaluate_round(
+    scenario: Scenario, partition_id: int, global_factors: Mapping[str, torch.Tensor]
+) -> EvalResult:
+    """Evaluate the global factors on the partition's eval split."""
+    model, _ = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
+    _, eval_set = client_datasets(scenario, partition_id)
+    set_factors_(model, global_factors)
+    return evaluate(model, eval_set, scenario.train.batch_size * 4, select_device("auto"))

@@ -1,0 +1,267 @@
+"""The scenario schema: one frozen tree of dataclasses, built once from TOML plus overrides.
+
+A scenario file is a TOML document whose tables mirror the dataclasses below. Overrides are
+``section.key=value`` strings whose value is parsed as TOML (``train.lr=1e-3``,
+``lora.target_modules=["q_proj","v_proj"]``) and falls back to a plain string (``model.path=/x``).
+Nothing deeper in fedft reads raw dicts: everything takes these objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fedft.errors import ConfigError
+from fedft.schema import build, check, to_dict
+
+STRATEGIES = ("fedit",)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a run writes and how it is seeded."""
+
+    name: str = "default"
+    seed: int = 0
+    output_dir: str = "runs"
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """Shape of the built-in tiny Llama-style model (random init, seeded by ``run.seed``)."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
+            check(getattr(self, name) > 0, f"model.tiny.{name}", "must be > 0")
+        check(
+            self.hidden_size % self.num_heads == 0,
+            "model.tiny.num_heads",
+            "must divide hidden_size",
+        )
+        check(
+            self.num_heads % self.num_kv_heads == 0,
+            "model.tiny.num_kv_heads",
+            "must divide num_heads",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The frozen base model: built-in tiny, a local Hugging Face folder, or a GGUF file."""
+
+    source: Literal["tiny", "hf", "gguf"] = "tiny"
+    path: str = ""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+    def __post_init__(self) -> None:
+        if self.source != "tiny":
+            check(bool(self.path), "model.path", f"is required when model.source = {self.source!r}")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapter hyperparameters (Hu et al., 2021): W + (alpha / r) B A."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self) -> None:
+        check(self.rank > 0, "lora.rank", f"must be > 0, got {self.rank}")
+        check(self.alpha > 0, "lora.alpha", f"must be > 0, got {self.alpha}")
+        check(0 <= self.dropout < 1, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        check(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where examples come from and how they become token tensors."""
+
+    source: Literal["builtin", "jsonl", "csv", "chatterbot", "rotten_tomatoes"] = "builtin"
+    path: str = ""
+    prompt_field: str = "instruction"
+    response_field: str = "response"
+    text_field: str = "text"
+    key_field: str = ""
+    num_examples: int = 1200
+    max_examples: int = 0
+    max_length: int = 32
+    template: str = "{prompt}\n"
+    chat: bool = False
+    eval_fraction: float = 0.1
+    global_eval_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.source in ("jsonl", "csv"):
+            check(bool(self.path), "data.path", f"is required when data.source = {self.source!r}")
+        check(self.num_examples > 0, "data.num_examples", "must be > 0")
+        check(self.max_examples >= 0, "data.max_examples", "must be >= 0 (0 keeps all)")
+        check(self.max_length >= 4, "data.max_length", f"must be >= 4, got {self.max_length}")
+        check(0 <= self.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
+        check(self.global_eval_size > 0, "data.global_eval_size", "must be > 0")
+        check("{prompt}" in self.template, "data.template", "must contain {prompt}")
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How examples are split across clients: iid, dirichlet(alpha) over the key, or natural."""
+
+    method: Literal["iid", "dirichlet", "natural"] = "natural"
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        check(self.alpha > 0, "partition.alpha", f"must be > 0, got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Clients, rounds, sampling and the server's aggregation strategy."""
+
+    num_clients: int = 3
+    num_rounds: int = 3
+    fraction_train: float = 1.0
+    min_train_clients: int = 1
+    strategy: str = "fedit"
+    round_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        check(self.num_clients > 0, "federation.num_clients", "must be > 0")
+        check(self.num_rounds > 0, "federation.num_rounds", "must be > 0")
+        check(0 < self.fraction_train <= 1, "federation.fraction_train", "must be in (0, 1]")
+        check(
+            0 < self.min_train_clients <= self.num_clients,
+            "federation.min_train_clients",
+            f"must be in [1, num_clients={self.num_clients}]",
+        )
+        check(
+            self.strategy in STRATEGIES,
+            "federation.strategy",
+            f"expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}",
+        )
+        check(self.round_timeout_s > 0, "federation.round_timeout_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A client's local first-order training in each round."""
+
+    local_steps: int = 20
+    batch_size: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        check(self.local_steps > 0, "train.local_steps", "must be > 0")
+        check(self.batch_size > 0, "train.batch_size", "must be > 0")
+        check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 disables clipping)")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Resources of the Flower simulation engine (Ray backend)."""
+
+    cpus_per_client: float = 1.0
+    threads_per_client: int = 1
+
+    def __post_init__(self) -> None:
+        check(self.cpus_per_client > 0, "simulation.cpus_per_client", "must be > 0")
+        check(self.threads_per_client > 0, "simulation.threads_per_client", "must be > 0")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A whole fedft scenario: every table of a scenario file."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of every value (resolved defaults included)."""
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Scenario:
+        """Validate a nested dict (e.g. from TOML or JSON) into a scenario."""
+        return build(cls, raw)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into its key path and value (TOML value, else a plain string)."""
+    key, sep, raw_value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(text, "an override must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw_value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw_value.strip()
+    return key.split("."), value
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``section.key=value`` override set."""
+    return set_values(raw, (parse_override(text) for text in overrides))
+
+
+def set_values(raw: Mapping[str, Any], values: Iterable[tuple[list[str], Any]]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with the value at each key path set (tables created as needed)."""
+    merged = copy.deepcopy(dict(raw))
+    for path, value in values:
+        node = merged
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(path[: depth + 1]), "is a value, not a table")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a scenario file, naming the file in any error."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("scenario", f"file not found: {file}")
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("scenario", f"{file} is not valid TOML: {err}") from None
+
+
+def load_scenario(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Scenario:
+    """Build the scenario from a TOML file (or the defaults) plus ``key=value`` overrides."""
+    raw = read_toml(path) if path is not None else {}
+    return Scenario.from_dict(apply_overrides(raw, overrides))
+
+
+def check_local_files(scenario: Scenario) -> None:
+    """Check that files the scenario names exist here (called where they are read)."""
+    model, data = scenario.model, scenario.data
+    if model.source == "hf":
+        check(Path(model.path).is_dir(), "model.path", f"no model folder at {model.path}")
+    if model.source == "gguf":
+        check(Path(model.path).is_file(), "model.path", f"no GGUF file at {model.path}")
+    if data.source in ("jsonl", "csv"):
+        check(Path(data.path).is_file(), "data.path", f"no data file at {data.path}")

@@ -1,0 +1,130 @@
+"""The run folder: resolved config, metrics.jsonl, a plot of loss and bytes, the final adapter.
+
+``metrics.jsonl`` holds one JSON object per line, each with a ``kind``:
+
+- ``client``: ``round``, ``node``, ``train_loss``, ``examples``, ``steps``, ``bytes_down``,
+  ``bytes_up`` (and any other metric the client reported);
+- ``round``: ``round``, ``clients``, ``train_loss``, ``eval_loss``, ``perplexity``, ``accuracy``,
+  ``bytes_down``, ``bytes_up`` (sums over the round's clients), ``wall_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+log = logging.getLogger("fedft")
+
+
+class RunRecorder:
+    """Appends metrics to ``<run_dir>/metrics.jsonl`` as rounds complete (a crash loses nothing)."""
+
+    def __init__(self, run_dir: Path, resolved_config: dict[str, Any], num_rounds: int) -> None:
+        self.run_dir = run_dir
+        self.num_rounds = num_rounds
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(tomli_w.dumps(resolved_config), encoding="utf-8")
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.metrics_path.write_text("", encoding="utf-8")
+        self._round_clients: list[dict[str, Any]] = []
+        self._t0 = time.perf_counter()
+
+    def _append(self, row: dict[str, Any]) -> None:
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def client(self, server_round: int, node: int, metrics: dict[str, float]) -> None:
+        """Record one accepted client reply."""
+        row = {"kind": "client", "round": server_round, "node": node, **metrics}
+        self._round_clients.append(row)
+        self._append(row)
+
+    def round(self, server_round: int, metrics: dict[str, float]) -> dict[str, Any]:
+        """Record the round's global metrics (round 0 is the model before training)."""
+        now = time.perf_counter()
+        clients = self._round_clients
+        row: dict[str, Any] = {
+            "kind": "round",
+            "round": server_round,
+            "clients": len(clients),
+            "bytes_down": sum(c.get("bytes_down", 0) for c in clients),
+            "bytes_up": sum(c.get("bytes_up", 0) for c in clients),
+            "wall_s": now - self._t0,
+            **metrics,
+        }
+        if clients:
+            weights = [c.get("examples", 1) for c in clients]
+            losses = [c.get("train_loss", 0.0) for c in clients]
+            row["train_loss"] = sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(
+                weights
+            )
+            row["steps"] = sum(c.get("steps", 0) for c in clients) / len(clients)
+        self._append(row)
+        self._round_clients, self._t0 = [], now
+        log.info(_progress_line(row, self.num_rounds))
+        return row
+
+    def finish(self) -> Path:
+        """Write the plot; return the run folder."""
+        plot_metrics(self.metrics_path, self.run_dir / "metrics.png")
+        return self.run_dir
+
+
+def _progress_line(row: dict[str, Any], num_rounds: int) -> str:
+    parts = [f"round {row['round']}/{num_rounds}"]
+    if row["round"] > 0:
+        parts.append(f"{row['clients']} clients")
+        if "steps" in row:
+            parts.append(f"{row['steps']:.0f} local steps each")
+        if "train_loss" in row:
+            parts.append(f"train loss {row['train_loss']:.3f}")
+    parts.append(f"eval loss {row.get('eval_loss', float('nan')):.3f}")
+    if "accuracy" in row:
+        parts.append(f"acc {row['accuracy']:.2f}")
+    if row["round"] > 0:
+        parts.append(f"up {row['bytes_up'] / 1e3:.1f} kB")
+        parts.append(f"{row['wall_s']:.1f} s")
+    return " | ".join(parts)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Parse ``metrics.jsonl``."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def plot_metrics(metrics_path: Path, png_path: Path) -> None:
+    """Plot global eval loss, mean train loss and uplink bytes over rounds into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r for r in read_metrics(metrics_path) if r["kind"] == "round"]
+    xs = [r["round"] for r in rounds]
+    fig, (ax_loss, ax_bytes) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(xs, [r.get("eval_loss") for r in rounds], "o-", label="global eval loss")
+    trained = [r for r in rounds if "train_loss" in r]
+    ax_loss.plot(
+        [r["round"] for r in trained],
+        [r["train_loss"] for r in trained],
+        "s--",
+        label="mean train loss",
+    )
+    ax_loss.set_xlabel("round")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    cumulative, total = [], 0
+    for r in rounds:
+        total += r["bytes_up"] + r["bytes_down"]
+        cumulative.append(total / 1e6)
+    ax_bytes.plot(xs, cumulative, "o-")
+    ax_bytes.set_xlabel("round")
+    ax_bytes.set_ylabel("MB sent (up + down, cumulative)")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,97 @@
+"""The federated task of a scenario: examples, global eval set, and each client's split.
+
+Every process (server, each client) derives the same splits from the scenario and its seed, so
+nothing but the scenario has to travel: a client loads its own partition by index.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedft import partition
+from fedft.config import DataConfig, Scenario
+from fedft.data import (
+    Example,
+    builtin_task,
+    chatterbot_examples,
+    read_csv,
+    read_jsonl,
+    rotten_tomatoes_examples,
+)
+from fedft.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """A global evaluation set plus, per client, its train and eval examples."""
+
+    global_eval: tuple[Example, ...]
+    client_train: tuple[tuple[Example, ...], ...]
+    client_eval: tuple[tuple[Example, ...], ...]
+
+
+def load_examples(data: DataConfig, seed: int) -> list[Example]:
+    """All examples of the scenario's data source, before any split."""
+    fields = {
+        "prompt_field": data.prompt_field,
+        "response_field": data.response_field,
+        "text_field": data.text_field,
+        "key_field": data.key_field,
+    }
+    if data.source == "builtin":
+        examples = builtin_task(data.num_examples, seed)
+    elif data.source == "jsonl":
+        examples = read_jsonl(data.path, **fields)
+    elif data.source == "csv":
+        examples = read_csv(data.path, **fields)
+    elif data.source == "chatterbot":
+        examples = chatterbot_examples()
+    else:
+        examples = rotten_tomatoes_examples()
+    if data.max_examples:
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.permutation(len(examples))[: data.max_examples])
+        examples = [examples[i] for i in keep]
+    return examples
+
+
+def split_clients(scenario: Scenario, examples: list[Example]) -> FederatedData:
+    """Hold out the global eval set, partition the rest, and split each client train/eval."""
+    data, fed, seed = scenario.data, scenario.federation, scenario.run.seed
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(examples))
+    n_global = min(data.global_eval_size, len(examples) // 5)
+    if n_global == 0 or len(examples) - n_global < fed.num_clients:
+        raise ConfigError(
+            "federation.num_clients",
+            f"{fed.num_clients} clients but only {len(examples)} examples "
+            f"({n_global} held out for the global eval set)",
+        )
+    global_eval = [examples[i] for i in order[:n_global]]
+    rest = [examples[i] for i in order[n_global:]]
+    keys = [ex.key for ex in rest]
+    method = scenario.partition.method
+    try:
+        if method == "iid":
+            parts = partition.iid(len(rest), fed.num_clients, seed)
+        elif method == "dirichlet":
+            parts = partition.dirichlet(keys, fed.num_clients, scenario.partition.alpha, seed)
+        else:
+            parts = partition.natural(keys, fed.num_clients)
+    except partition.PartitionError as err:
+        raise ConfigError(f"partition.method={method}", str(err)) from None
+    train, evals = [], []
+    for client, idx in enumerate(parts):
+        tr, ev = partition.train_eval_split(idx, data.eval_fraction, seed + client)
+        train.append(tuple(rest[i] for i in tr))
+        evals.append(tuple(rest[i] for i in ev))
+    return FederatedData(tuple(global_eval), tuple(train), tuple(evals))
+
+
+@functools.cache
+def federated_data(scenario: Scenario) -> FederatedData:
+    """The scenario's splits, computed once per process."""
+    return split_clients(scenario, load_examples(scenario.data, scenario.run.seed))

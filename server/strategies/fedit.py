@@ -1,0 +1,112 @@
+"""FedIT on Flower: FedAvg of LoRA factors, with every reply validated before it is averaged."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedft.algorithms.fedavg import weighted_average
+from fedft.algorithms.validation import validate_factors
+from fedft.errors import ReplyError
+from fedft.records import factors_to_record, record_nbytes, record_to_factors
+
+log = logging.getLogger("fedft.server")
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """A validated reply: its node, factors, weight and reported metrics."""
+
+    node_id: int
+    factors: dict[str, torch.Tensor]
+    num_examples: float
+    metrics: dict[str, float]
+    bytes_up: int
+
+
+ClientLog = Callable[[int, ClientUpdate, int], None]
+
+
+class FedIT(FedAvg):
+    """Weighted FedAvg of each LoRA factor (FedIT), validating every reply first.
+
+    Subclasses override :meth:`aggregate_factors` only; validation, logging of dropped replies and
+    byte accounting stay here.
+
+    Parameters
+    ----------
+    on_client : callable, optional
+        Called as ``on_client(server_round, update, bytes_down)`` for every accepted reply.
+    **kwargs
+        Passed to :class:`flwr.serverapp.strategy.FedAvg`.
+    """
+
+    def __init__(self, on_client: ClientLog | None = None, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.on_client = on_client
+        self.global_factors: dict[str, torch.Tensor] = {}
+        self.bytes_down = 0
+        self.round_metrics: dict[str, float] = {}  # strategy-specific metrics of the last round
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the round's global factors (the reference every reply is checked against)."""
+        self.global_factors = record_to_factors(arrays)
+        self.bytes_down = record_nbytes(arrays)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate replies, drop bad ones with a log line naming the node, aggregate the rest."""
+        updates = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
+                continue
+            try:
+                update = self.parse_reply(msg)
+            except ReplyError as err:
+                log.warning("round %d: dropped reply of node %d: %s", server_round, node, err)
+                continue
+            updates.append(update)
+            if self.on_client is not None:
+                self.on_client(server_round, update, self.bytes_down)
+        self.round_metrics = {"clients": float(len(updates))}
+        if not updates:
+            log.warning("round %d: no valid reply; the global state is unchanged", server_round)
+            return None, MetricRecord(self.round_metrics)
+        factors = self.aggregate_factors(server_round, updates)
+        return factors_to_record(factors), MetricRecord(self.round_metrics)
+
+    def parse_reply(self, msg: Message) -> ClientUpdate:
+        """Turn a reply into a :class:`ClientUpdate`, raising :class:`ReplyError` if it is bad."""
+        content = msg.content
+        if len(content.array_records) != 1 or len(content.metric_records) != 1:
+            raise ReplyError("reply must hold exactly one ArrayRecord and one MetricRecord")
+        record = next(iter(content.array_records.values()))
+        metrics = next(iter(content.metric_records.values()))
+        num_examples = float(metrics.get(self.weighted_by_key, 0.0))  # type: ignore[arg-type]
+        factors = record_to_factors(record)
+        validate_factors(factors, self.global_factors, num_examples)
+        return ClientUpdate(
+            node_id=msg.metadata.src_node_id,
+            factors=factors,
+            num_examples=num_examples,
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+            bytes_up=record_nbytes(record),
+        )
+
+    def aggregate_factors(
+        self, server_round: int, updates: list[ClientUpdate]
+    ) -> Mapping[str, torch.Tensor]:
+        """FedIT: ``A_bar = sum_k p_k A_k`` and ``B_bar = sum_k p_k B_k``, p_k by examples."""
+        return weighted_average([u.factors for u in updates], [u.num_examples for u in updates])
