@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Mapping
 
 import torch
@@ -46,12 +47,15 @@ def train_round(
     device = select_device(scenario.train.device)
     set_factors_(model, global_factors)
     seed = scenario.run.seed * 1_000_003 + server_round * 1_009 + partition_id
+    started = time.perf_counter()
     result = train_local(model, train_set, scenario.train, seed, device)
+    train_s = time.perf_counter() - started
     metrics = {
         "train_loss": result.loss,
         "num-examples": float(result.examples),
         "examples": float(result.examples),
         "steps": float(result.steps),
+        "train_s": train_s,
     }
     if len(eval_set):
         local = evaluate(model, eval_set, scenario.train.batch_size * 4, device)

@@ -30,7 +30,8 @@ def _parameter_map(model: PeftModel) -> dict[str, torch.nn.Parameter]:
 
 def get_factors(model: PeftModel) -> FactorState:
     """Copy the active adapter's LoRA factors out of ``model`` (float32, CPU)."""
-    state = get_peft_model_state_dict(model)
+    # The base stays frozen (lm_head or embeddings included): only LoRA factors are state.
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
     return {name: t.detach().to("cpu", torch.float32).clone() for name, t in state.items()}
 
 
@@ -77,5 +78,5 @@ def save_adapter(
     set_factors_(model, factors)
     model.peft_config[model.active_adapter].base_model_name_or_path = base_ref
     out = Path(path)
-    model.save_pretrained(out)
+    model.save_pretrained(out, save_embedding_layers=False)
     return out

@@ -110,6 +110,11 @@ def gguf_as_hf_folder(gguf: Path) -> Path:
     try:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The weights are dequantized to float on load; only transformers' "gguf" marker remains,
+        # and it refuses to save. Drop the marker so the float weights save as a normal folder.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         staging.rename(folder)  # atomic: a half-written folder is never seen as done

@@ -34,7 +34,9 @@ def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray workers inherit this environment: keep library deprecation chatter out of the progress.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     log.info(
         "simulating %s: %d clients, %d rounds, strategy %s -> %s",
         scenario.run.name,

@@ -49,9 +49,11 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
         recorder.client(server_round, update.node_id, metrics)
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        started = time.perf_counter()
         set_factors_(model, record_to_factors(arrays))
         result = evaluate(model, global_eval, scenario.train.batch_size * 4, device)
         metrics = {
+            "eval_s": time.perf_counter() - started,
             "eval_loss": result.loss,
             "perplexity": result.perplexity,
             "accuracy": result.accuracy,
@@ -78,7 +80,6 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
     final = record_to_factors(result.arrays) if len(result.arrays) else get_factors(model)
     save_adapter(model, final, run_dir / "adapter", _base_ref(scenario, run_dir))
     recorder.finish()
-    log.info("run folder: %s", run_dir)
     return run_dir
 
 

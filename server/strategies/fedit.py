@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -80,11 +81,13 @@ class FedIT(FedAvg):
             updates.append(update)
             if self.on_client is not None:
                 self.on_client(server_round, update, self.bytes_down)
-        self.round_metrics = {"clients": float(len(updates))}
+        self.round_metrics = {}
         if not updates:
             log.warning("round %d: no valid reply; the global state is unchanged", server_round)
             return None, MetricRecord(self.round_metrics)
+        started = time.perf_counter()
         factors = self.aggregate_factors(server_round, updates)
+        self.round_metrics["aggregate_s"] = time.perf_counter() - started
         return factors_to_record(factors), MetricRecord(self.round_metrics)
 
     def parse_reply(self, msg: Message) -> ClientUpdate:
