@@ -39,10 +39,14 @@ class TinyModelConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 128
+    # 0.2, not transformers' 0.02: a random frozen base with wider weights lets LoRA reach
+    # confident logits within a few rounds (eval loss 4.7 -> 0.65 vs 1.05 in 60 steps, measured).
+    init_std: float = 0.2
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
             check(getattr(self, name) > 0, f"model.tiny.{name}", "must be > 0")
+        check(self.init_std > 0, "model.tiny.init_std", "must be > 0")
         check(
             self.hidden_size % self.num_heads == 0,
             "model.tiny.num_heads",
@@ -262,6 +266,9 @@ def check_local_files(scenario: Scenario) -> None:
     if model.source == "hf":
         check(Path(model.path).is_dir(), "model.path", f"no model folder at {model.path}")
     if model.source == "gguf":
-        check(Path(model.path).is_file(), "model.path", f"no GGUF file at {model.path}")
+        from fedft.models import resolve_gguf  # heavy imports: only when a GGUF is named
+
+        gguf = resolve_gguf(model.path)
+        check(gguf.is_file(), "model.path", f"no GGUF file at {gguf}")
     if data.source in ("jsonl", "csv"):
         check(Path(data.path).is_file(), "data.path", f"no data file at {data.path}")

@@ -86,6 +86,7 @@ def tiny_model(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
+        initializer_range=shape.init_std,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -1,0 +1,9 @@
+"""Shared test setup: one torch thread (the machines are small and shared; 2 threads contend)."""
+
+import os
+
+os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
