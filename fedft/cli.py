@@ -63,8 +63,12 @@ def _simulate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedft`` console script."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("fedft").setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    fedft_log = logging.getLogger("fedft")
+    fedft_log.addHandler(handler)
+    fedft_log.setLevel(logging.INFO)
+    fedft_log.propagate = False
     try:
         if args.command == "simulate":
             return _simulate(args)

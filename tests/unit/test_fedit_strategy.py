@@ -1,0 +1,78 @@
+"""The FedIT strategy's glue: replies in, validated average out (Flower messages built by hand)."""
+
+import logging
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedft.records import factors_to_record, record_to_factors
+from server.strategies.fedit import FedIT
+
+# What a ServerApp process has set before it builds messages.
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+GLOBAL = {"m.lora_A.weight": torch.zeros(2, 3), "m.lora_B.weight": torch.zeros(3, 2)}
+
+
+class _Grid:
+    def get_node_ids(self):
+        return [1, 2, 3]
+
+
+def _reply(node, factors, examples=10.0, metrics=None):
+    instruction = Message(RecordDict({"config": ConfigRecord()}), node, MessageType.TRAIN)
+    record = ArrayRecord({k: v.contiguous() for k, v in factors.items()})
+    metrics = MetricRecord(metrics or {"num-examples": examples, "train_loss": 1.0})
+    return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=instruction)
+
+
+def _strategy(seen):
+    strategy = FedIT(on_client=lambda r, u, b: seen.append((u.node_id, b)), min_available_nodes=1)
+    strategy.configure_train(1, factors_to_record(GLOBAL), ConfigRecord(), _Grid())
+    return strategy
+
+
+def test_bad_replies_are_dropped_and_named(caplog):
+    good_a = {k: torch.full_like(v, 1.0) for k, v in GLOBAL.items()}
+    good_b = {k: torch.full_like(v, 4.0) for k, v in GLOBAL.items()}
+    nan = {k: torch.full_like(v, float("nan")) for k, v in GLOBAL.items()}
+    wrong_shape = {"m.lora_A.weight": torch.ones(4, 3), "m.lora_B.weight": torch.ones(3, 4)}
+    seen = []
+    strategy = _strategy(seen)
+    with caplog.at_level(logging.WARNING, logger="fedft.server"):
+        arrays, _ = strategy.aggregate_train(
+            1,
+            [
+                _reply(11, good_a, examples=30),
+                _reply(12, nan),
+                _reply(13, wrong_shape),
+                _reply(14, good_b, examples=10),
+                _reply(15, good_a, metrics={"train_loss": 1.0}),  # no num-examples
+            ],
+        )
+    out = record_to_factors(arrays)
+    # p = (0.75, 0.25): 0.75 * 1 + 0.25 * 4 = 1.75
+    assert torch.allclose(out["m.lora_A.weight"], torch.full((2, 3), 1.75))
+    assert [node for node, _ in seen] == [11, 14]
+    text = caplog.text
+    for node, needle in [(12, "non-finite"), (13, "shape"), (15, "num-examples")]:
+        assert f"node {node}" in text and needle in text
+    assert "node 11" not in text and "node 14" not in text
+
+
+def test_no_valid_reply_leaves_the_global_state_alone():
+    strategy = _strategy([])
+    bad = {k: torch.full_like(v, float("inf")) for k, v in GLOBAL.items()}
+    arrays, _ = strategy.aggregate_train(1, [_reply(21, bad)])
+    assert arrays is None  # Flower keeps the previous global arrays when None is returned
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_wrong_dtype_is_rejected(dtype, caplog):
+    strategy = _strategy([])
+    reply = {k: v.to(dtype) for k, v in GLOBAL.items()}
+    with caplog.at_level(logging.WARNING, logger="fedft.server"):
+        arrays, _ = strategy.aggregate_train(1, [_reply(31, reply)])
+    assert arrays is None and "dtype" in caplog.text and "node 31" in caplog.text
