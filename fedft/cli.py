@@ -7,12 +7,12 @@ code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from fedft.errors import FedftError
+from fedft.report import console_logging
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "simulations" / "default.toml"
 
@@ -55,20 +55,14 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedft.simulate import simulate
     from server.federation import default_run_dir
 
-    run_dir = simulate(scenario, args.out or default_run_dir(scenario), verbose=args.verbose)
-    print(f"run folder: {run_dir}")
+    simulate(scenario, args.out or default_run_dir(scenario), verbose=args.verbose)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedft`` console script."""
     args = _parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    fedft_log = logging.getLogger("fedft")
-    fedft_log.addHandler(handler)
-    fedft_log.setLevel(logging.INFO)
-    fedft_log.propagate = False
+    console_logging()
     try:
         if args.command == "simulate":
             return _simulate(args)

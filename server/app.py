@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,28 +10,25 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedft.config import Scenario, read_toml, set_values
+from fedft.config import Scenario, load_scenario
+from fedft.report import console_logging
 from server.federation import default_run_dir, run_federation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:
-    """Build the scenario from Flower's flat run config.
+    """Build the scenario from Flower's run config (``[tool.flwr.app.config]`` plus ``-c``).
 
     ``scenario`` names a scenario file (relative to the working directory, else to the app's
-    folder); every other key is a dotted scenario key that overrides the file, e.g.
-    ``flwr run . -c 'federation.num_rounds=2'``.
+    folder); ``set`` holds space-separated ``section.key=value`` overrides, e.g.
+    ``flwr run . -c 'set="federation.num_rounds=2 train.lr=1e-3"'``.
     """
-    raw: dict[str, Any] = {}
     name = str(run_config.get("scenario", ""))
-    if name:
-        path = Path(name)
-        if not path.is_file() and (REPO_ROOT / path).is_file():
-            path = REPO_ROOT / path
-        raw = read_toml(path)
-    overrides = [(key.split("."), value) for key, value in run_config.items() if key != "scenario"]
-    return Scenario.from_dict(set_values(raw, overrides))
+    path = Path(name) if name else None
+    if path is not None and not path.is_file() and (REPO_ROOT / path).is_file():
+        path = REPO_ROOT / path
+    return load_scenario(path, shlex.split(str(run_config.get("set", ""))))
 
 
 def make_server_app(scenario: Scenario, run_dir: Path) -> ServerApp:
@@ -50,5 +48,6 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point of ``flwr run .``: scenario from the run config, run folder under runs/."""
+    console_logging()
     scenario = scenario_from_run_config(context.run_config)
     run_federation(grid, scenario, default_run_dir(scenario))

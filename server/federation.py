@@ -80,6 +80,7 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
     final = record_to_factors(result.arrays) if len(result.arrays) else get_factors(model)
     save_adapter(model, final, run_dir / "adapter", _base_ref(scenario, run_dir))
     recorder.finish()
+    log.info("run folder: %s", run_dir)
     return run_dir
 
 
