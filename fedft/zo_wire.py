@@ -1,0 +1,251 @@
+"""Encode and decode a zeroth-order reply, the ``fedft.v1.ZoReply`` protobuf message.
+
+The message carries one client's local steps as ``(seed index, g)``: by default ``g`` as one int8
+code per step with one float32 scale, and no seed index at all (the client derives its indices from
+``(pool_id, round, node_id, step)``, see :func:`fedft.algorithms.zo.derived_seed_indices`). The
+decoder trusts nothing: every field is checked and a bad message raises :class:`WireError` naming
+the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from fedft.algorithms.zo import (
+    ZoRecord,
+    dequantize_grads,
+    derived_seed_indices,
+    index_width,
+    quantize_grads,
+)
+from fedft.errors import ReplyError
+from fedft.v1 import zo_pb2
+
+WIRE_VERSION = 1
+GRAD_ENCODINGS = {"int8": zo_pb2.ZO_GRAD_ENCODING_INT8, "fp32": zo_pb2.ZO_GRAD_ENCODING_FP32}
+SEED_CHOICES = {
+    "derived": zo_pb2.ZO_SEED_CHOICE_DERIVED,
+    "explicit": zo_pb2.ZO_SEED_CHOICE_EXPLICIT,
+}
+_INDEX_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_FP32 = np.dtype("<f4")
+
+
+class WireError(ReplyError):
+    """A zo reply cannot be encoded or decoded; ``field`` names the offending message field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"zo reply `{field}`: {message}")
+
+
+@dataclass(frozen=True)
+class ZoReplyMessage:
+    """A decoded, validated zo reply; ``records`` hold the dequantized ``g`` values."""
+
+    pool_id: int
+    round: int
+    node_id: int
+    grad_encoding: str
+    seed_choice: str
+    scale: float
+    records: tuple[ZoRecord, ...]
+
+
+def _check_uint(field: str, value: int, bits: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**bits:
+        raise WireError(field, f"must be an integer in [0, 2**{bits}), got {value!r}")
+
+
+def _choice(field: str, value: str, table: dict[str, int]) -> int:
+    if value not in table:
+        raise WireError(field, f"must be one of {sorted(table)}, got {value!r}")
+    return table[value]
+
+
+def encode_zo_reply(
+    records: Sequence[ZoRecord],
+    *,
+    pool_id: int,
+    round: int,
+    node_id: int,
+    pool_size: int,
+    grad_encoding: str = "int8",
+    seed_choice: str = "derived",
+    grad_scale: float | None = None,
+) -> bytes:
+    """Serialize a client's records for one round.
+
+    Parameters
+    ----------
+    records : Sequence[ZoRecord]
+        The local steps in order.
+    pool_id, round, node_id : int
+        The seed pool (:func:`fedft.algorithms.zo.seed_pool_id`), server round and client node.
+    pool_size : int
+        ``K``; sets the index width of ``explicit`` seed indices.
+    grad_encoding : {"int8", "fp32"}
+        One byte per ``g`` with one scale, or the exact float32 ``g``.
+    seed_choice : {"derived", "explicit"}
+        ``derived`` sends no index and requires the records' indices to be the derived ones.
+    grad_scale : float, optional
+        The fixed int8 scale the client applied (:func:`fedft.algorithms.zo.spsa_step_`); by
+        default ``max|g| / 127``.
+
+    Returns
+    -------
+    bytes
+        The serialized ``fedft.v1.ZoReply``.
+    """
+    _check_uint("pool_id", pool_id, 64)
+    _check_uint("round", round, 32)
+    _check_uint("node_id", node_id, 64)
+    _check_uint("num_steps", len(records), 32)
+    message = zo_pb2.ZoReply(
+        version=WIRE_VERSION,
+        pool_id=pool_id,
+        round=round,
+        node_id=node_id,
+        num_steps=len(records),
+        grad_encoding=_choice("grad_encoding", grad_encoding, GRAD_ENCODINGS),
+        seed_choice=_choice("seed_choice", seed_choice, SEED_CHOICES),
+    )
+    if grad_scale is not None and grad_encoding != "int8":
+        raise WireError("grad_scale", f"only applies to int8 grads, not {grad_encoding!r}")
+    indices = [r.seed_index for r in records]
+    for t, index in enumerate(indices):
+        if not 0 <= index < pool_size:
+            raise WireError(
+                "seed_indices", f"step {t}: index {index} outside the pool of {pool_size}"
+            )
+    if seed_choice == "explicit":
+        message.seed_indices = np.asarray(indices, _INDEX_DTYPES[index_width(pool_size)]).tobytes()
+    else:
+        derived = derived_seed_indices(pool_id, round, node_id, len(records), pool_size)
+        for t, (index, expected) in enumerate(zip(indices, derived, strict=True)):
+            if index != expected:
+                raise WireError("seed_indices", f"step {t}: index {index}, derived {expected}")
+    grads = [r.grad for r in records]
+    if grad_encoding == "int8":
+        codes, message.scale = quantize_grads(grads, grad_scale)
+        message.grads = codes.tobytes()
+    else:
+        message.grads = np.asarray(grads, _FP32).tobytes()
+    return message.SerializeToString()
+
+
+def _decode_indices(message: zo_pb2.ZoReply, pool_size: int) -> list[int]:
+    steps = message.num_steps
+    if message.seed_choice == zo_pb2.ZO_SEED_CHOICE_DERIVED:
+        if message.seed_indices:
+            raise WireError("seed_indices", "must be empty when seed_choice is derived")
+        return derived_seed_indices(
+            message.pool_id, message.round, message.node_id, steps, pool_size
+        )
+    dtype = _INDEX_DTYPES[index_width(pool_size)]
+    if len(message.seed_indices) != steps * dtype.itemsize:
+        raise WireError(
+            "seed_indices",
+            f"{len(message.seed_indices)} bytes for {steps} steps of {dtype.itemsize} bytes",
+        )
+    indices = np.frombuffer(message.seed_indices, dtype).astype(np.int64)
+    outside = np.flatnonzero(indices >= pool_size)
+    if outside.size:
+        t = int(outside[0])
+        raise WireError(
+            "seed_indices", f"step {t}: index {indices[t]} outside the pool of {pool_size}"
+        )
+    return indices.tolist()
+
+
+def _decode_grads(message: zo_pb2.ZoReply) -> list[float]:
+    steps, scale, raw = message.num_steps, message.scale, message.grads
+    if message.grad_encoding == zo_pb2.ZO_GRAD_ENCODING_FP32:
+        if scale != 0.0:
+            raise WireError("scale", f"must be 0 with fp32 grads, got {scale}")
+        if len(raw) != 4 * steps:
+            raise WireError("grads", f"{len(raw)} bytes for {steps} float32 steps")
+        values = np.frombuffer(raw, _FP32)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise WireError("grads", f"step {int(bad[0])} is {values[bad[0]]}")
+        return values.astype(np.float64).tolist()
+    if not (math.isfinite(scale) and scale >= 0.0):
+        raise WireError("scale", f"must be finite and >= 0, got {scale}")
+    if len(raw) != steps:
+        raise WireError("grads", f"{len(raw)} bytes for {steps} int8 steps")
+    codes = np.frombuffer(raw, np.int8)
+    bad = np.flatnonzero((codes == -128) | ((codes != 0) & (scale == 0.0)))
+    if bad.size:
+        t = int(bad[0])
+        raise WireError("grads", f"step {t}: code {codes[t]} with scale {scale}")
+    return dequantize_grads(codes, scale)
+
+
+def decode_zo_reply(
+    data: bytes,
+    pool_size: int,
+    max_steps: int,
+    *,
+    pool_id: int | None = None,
+    round: int | None = None,
+) -> ZoReplyMessage:
+    """Parse and validate a zo reply.
+
+    Parameters
+    ----------
+    data : bytes
+        A serialized ``fedft.v1.ZoReply``.
+    pool_size : int
+        ``K`` of the round's seed pool: indices must be below it.
+    max_steps : int
+        The local steps the server announced: a reply with more is rejected.
+    pool_id, round : int, optional
+        When given, the reply must name this pool and round.
+
+    Returns
+    -------
+    ZoReplyMessage
+        The header fields and the records with dequantized ``g``.
+
+    Raises
+    ------
+    WireError
+        On an unparsable message, a wrong version, pool or round, an unknown encoding, more steps
+        than ``max_steps``, byte lengths that do not match ``num_steps``, a seed index outside the
+        pool, a non-finite or negative scale, a -128 code or a non-finite float32 ``g``.
+    """
+    message = zo_pb2.ZoReply()
+    try:
+        message.ParseFromString(bytes(data))
+    except DecodeError as error:
+        raise WireError("message", f"not a ZoReply ({error})") from error
+    if message.version != WIRE_VERSION:
+        raise WireError("version", f"expected {WIRE_VERSION}, got {message.version}")
+    for field, expected in (("pool_id", pool_id), ("round", round)):
+        if expected is not None and getattr(message, field) != expected:
+            raise WireError(field, f"expected {expected}, got {getattr(message, field)}")
+    if message.num_steps > max_steps:
+        raise WireError("num_steps", f"{message.num_steps} steps, at most {max_steps} announced")
+    encodings = {v: k for k, v in GRAD_ENCODINGS.items()}
+    choices = {v: k for k, v in SEED_CHOICES.items()}
+    if message.grad_encoding not in encodings:
+        raise WireError("grad_encoding", f"unknown value {message.grad_encoding}")
+    if message.seed_choice not in choices:
+        raise WireError("seed_choice", f"unknown value {message.seed_choice}")
+    indices = _decode_indices(message, pool_size)
+    grads = _decode_grads(message)
+    return ZoReplyMessage(
+        pool_id=message.pool_id,
+        round=message.round,
+        node_id=message.node_id,
+        grad_encoding=encodings[message.grad_encoding],
+        seed_choice=choices[message.seed_choice],
+        scale=message.scale,
+        records=tuple(ZoRecord(i, g) for i, g in zip(indices, grads, strict=True)),
+    )
