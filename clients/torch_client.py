@@ -44,7 +44,7 @@ def train_round(
     """Start from the global factors, train the round's local steps, return factors and metrics."""
     model, _ = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
     train_set, eval_set = client_datasets(scenario, partition_id)
-    device = select_device(scenario.train.device)
+    device = select_device(scenario.client_for(partition_id).device)
     set_factors_(model, global_factors)
     seed = scenario.run.seed * 1_000_003 + server_round * 1_009 + partition_id
     started = time.perf_counter()
@@ -70,4 +70,9 @@ def evaluate_round(
     model, _ = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
     _, eval_set = client_datasets(scenario, partition_id)
     set_factors_(model, global_factors)
-    return evaluate(model, eval_set, scenario.train.batch_size * 4, select_device("auto"))
+    return evaluate(
+        model,
+        eval_set,
+        scenario.train.batch_size * 4,
+        select_device(scenario.client_for(partition_id).device),
+    )

@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="run folder (default: <run.output_dir>/<name>-<time>)"
     )
     sim.add_argument("-v", "--verbose", action="store_true", help="show Flower's own logs")
+
+    cmp = sub.add_parser("compare", help="run strategies over seeds; write a table and a plot")
+    cmp.add_argument("scenario", type=Path, help="scenario TOML file")
+    cmp.add_argument("--strategies", default="fedit,lora_fair", help="comma-separated strategies")
+    cmp.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cmp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
     return parser
 
 
@@ -59,6 +66,27 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from fedft.compare import compare
+    from fedft.config import check_local_files, load_scenario
+    from fedft.errors import ConfigError
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(
+            "--seeds", f"expected comma-separated integers, got {args.seeds!r}"
+        ) from None
+    for strategy in strategies:  # validate every run's scenario before starting any
+        scenario = load_scenario(
+            args.scenario, [*args.overrides, f"federation.strategy='{strategy}'"]
+        )
+    check_local_files(scenario)
+    print(compare(args.scenario, strategies, seeds, args.overrides, args.out))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedft`` console script."""
     args = _parser().parse_args(argv)
@@ -66,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "compare":
+            return _compare(args)
     except FedftError as err:
         print(f"fedft: error: {err}", file=sys.stderr)
         return 2

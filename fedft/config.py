@@ -9,6 +9,7 @@ Nothing deeper in fedft reads raw dicts: everything takes these objects.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, Literal
 from fedft.errors import ConfigError
 from fedft.schema import build, check, to_dict
 
-STRATEGIES = ("fedit",)
+STRATEGIES = ("fedit", "lora_fair")
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,26 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class LoraFairSection:
+    """The LoRA-FAIR residual solve (``federation.strategy = "lora_fair"``).
+
+    ``dB* = argmin S(dW, (B_bar + dB) A_bar) + lam ||dB||``, ``steps`` gradient steps of size
+    ``lr``, stopping early once the objective moves by at most ``tol`` (0 disables).
+    """
+
+    lam: float = 0.01
+    steps: int = 500
+    lr: float = 0.01
+    tol: float = 1e-7
+
+    def __post_init__(self) -> None:
+        check(self.lam >= 0, "lora_fair.lam", f"must be >= 0, got {self.lam}")
+        check(self.steps >= 0, "lora_fair.steps", f"must be >= 0, got {self.steps}")
+        check(self.lr > 0, "lora_fair.lr", f"must be > 0, got {self.lr}")
+        check(self.tol >= 0, "lora_fair.tol", f"must be >= 0, got {self.tol}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A client's local first-order training in each round."""
 
@@ -166,7 +187,6 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
         check(self.local_steps > 0, "train.local_steps", "must be > 0")
@@ -174,6 +194,66 @@ class TrainConfig:
         check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 disables clipping)")
+
+
+BACKENDS = ("torch", "ort", "zo")
+QUANTIZATIONS = ("none", "int8", "nf4")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How a client trains: its runtime, the base's quantization, and the device.
+
+    ``backend``: ``torch`` (first-order, peft), ``ort`` (ONNX Runtime on-device training) or ``zo``
+    (zeroth-order steps, forward passes only). ``quantization`` holds the frozen base in 8-bit or
+    4-bit NF4 (bitsandbytes); adapters stay float32 whatever it is. ``device``: ``auto`` takes CUDA
+    when present, else the CPU.
+    """
+
+    backend: str = "torch"
+    quantization: str = "none"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        check(self.backend in BACKENDS, "client.backend", f"expected one of {BACKENDS}")
+        check(
+            self.quantization in QUANTIZATIONS,
+            "client.quantization",
+            f"expected one of {QUANTIZATIONS}, got {self.quantization!r}",
+        )
+
+
+@dataclass(frozen=True)
+class ClientGroup:
+    """Settings for some clients (by partition id) that differ from ``[client]``.
+
+    A scenario mixes runtimes with tables like::
+
+        [[client_groups]]
+        partitions = [0, 1]
+        quantization = "nf4"
+    """
+
+    partitions: tuple[int, ...] = ()
+    backend: str = ""
+    quantization: str = ""
+    device: str = ""
+
+    def __post_init__(self) -> None:
+        check(len(self.partitions) > 0, "client_groups.partitions", "must list partition ids")
+        check(min(self.partitions) >= 0, "client_groups.partitions", "ids must be >= 0")
+        if self.backend:
+            check(self.backend in BACKENDS, "client_groups.backend", f"expected one of {BACKENDS}")
+        if self.quantization:
+            check(
+                self.quantization in QUANTIZATIONS,
+                "client_groups.quantization",
+                f"expected one of {QUANTIZATIONS}",
+            )
+        if self.device:
+            check(
+                self.device in ("auto", "cpu", "cuda"), "client_groups.device", "auto, cpu or cuda"
+            )
 
 
 @dataclass(frozen=True)
@@ -198,8 +278,37 @@ class Scenario:
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    lora_fair: LoraFairSection = field(default_factory=LoraFairSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    client_groups: tuple[ClientGroup, ...] = ()
+
+    def __post_init__(self) -> None:
+        seen: set[int] = set()
+        for group in self.client_groups:
+            for pid in group.partitions:
+                check(
+                    pid < self.federation.num_clients,
+                    "client_groups.partitions",
+                    f"partition {pid} >= federation.num_clients ({self.federation.num_clients})",
+                )
+                check(
+                    pid not in seen, "client_groups.partitions", f"partition {pid} is listed twice"
+                )
+                seen.add(pid)
+
+    def client_for(self, partition_id: int) -> ClientConfig:
+        """The client settings of one partition: ``[client]`` with its group's overrides."""
+        for group in self.client_groups:
+            if partition_id in group.partitions:
+                changes = {
+                    k: getattr(group, k)
+                    for k in ("backend", "quantization", "device")
+                    if getattr(group, k)
+                }
+                return dataclasses.replace(self.client, **changes)
+        return self.client
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of every value (resolved defaults included)."""

@@ -36,7 +36,7 @@ def select_device(preference: str) -> torch.device:
     if preference == "cuda" and not torch.cuda.is_available():
         from fedft.errors import ConfigError
 
-        raise ConfigError("train.device", "is 'cuda' but no CUDA device is available here")
+        raise ConfigError("client.device", "is 'cuda' but no CUDA device is available here")
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(preference)

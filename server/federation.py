@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fedft.adapters import get_factors, save_adapter, set_factors_
+from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.config import Scenario
 from fedft.data import encode_examples
 from fedft.models import base_model_folder, load_base, load_peft_model
@@ -17,11 +18,26 @@ from fedft.records import factors_to_record, record_to_factors, scenario_to_conf
 from fedft.report import RunRecorder
 from fedft.task import federated_data
 from fedft.train import evaluate, select_device
-from server.strategies.fedit import ClientUpdate, FedIT
+from server.strategies.fedit import ClientLog, ClientUpdate, FedIT
+from server.strategies.lora_fair import LoraFair
 
 log = logging.getLogger("fedft")
 
-STRATEGIES = {"fedit": FedIT}
+
+def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
+    """The scenario's strategy, with Flower's sampling settings."""
+    fed = scenario.federation
+    common = {
+        "on_client": on_client,
+        "fraction_train": fed.fraction_train,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": fed.min_train_clients,
+        "min_available_nodes": fed.num_clients,
+    }
+    if fed.strategy == "lora_fair":
+        solver = LoraFairConfig(**scenario.lora_fair.__dict__)
+        return LoraFair(solver=solver, **common)
+    return FedIT(**common)
 
 
 def default_run_dir(scenario: Scenario) -> Path:
@@ -33,7 +49,7 @@ def default_run_dir(scenario: Scenario) -> Path:
 def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
     """Run every round of ``scenario`` on ``grid`` and leave the run folder in ``run_dir``."""
     model, tokenizer = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
-    device = select_device(scenario.train.device)
+    device = select_device("auto")
     data = scenario.data
     global_eval = encode_examples(
         list(federated_data(scenario).global_eval),
@@ -62,13 +78,7 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
         return MetricRecord(metrics)
 
     fed = scenario.federation
-    strategy = STRATEGIES[fed.strategy](
-        on_client=on_client,
-        fraction_train=fed.fraction_train,
-        fraction_evaluate=0.0,
-        min_train_nodes=fed.min_train_clients,
-        min_available_nodes=fed.num_clients,
-    )
+    strategy = build_strategy(scenario, on_client)
     result = strategy.start(
         grid=grid,
         initial_arrays=factors_to_record(get_factors(model)),

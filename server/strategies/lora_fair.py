@@ -1,0 +1,42 @@
+"""LoRA-FAIR on Flower: FedIT's validated replies, aggregated with the residual correction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import torch
+
+from fedft.algorithms.lora_fair import LoraFairConfig, lora_fair_aggregate
+from server.strategies.fedit import ClientUpdate, FedIT
+
+log = logging.getLogger("fedft.server")
+
+
+class LoraFair(FedIT):
+    """Clients start each round from ``(A_bar, B_bar + dB*)`` (Bian et al., arXiv 2411.14961).
+
+    Only :meth:`aggregate_factors` differs from :class:`FedIT`; the solve sees factors only, so it
+    works whatever runtime the clients use. Each round's metrics gain ``lora_fair.cos_before``,
+    ``lora_fair.cos_after``, ``lora_fair.solve_s`` and ``lora_fair.diverged_modules``.
+    """
+
+    def __init__(self, solver: LoraFairConfig, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.solver = solver
+
+    def aggregate_factors(
+        self, server_round: int, updates: list[ClientUpdate]
+    ) -> Mapping[str, torch.Tensor]:
+        """Average A and B, then correct B so that ``B' A_bar`` points along ``sum p_k B_k A_k``."""
+        factors, report = lora_fair_aggregate(
+            [u.factors for u in updates], [u.num_examples for u in updates], self.solver
+        )
+        self.round_metrics.update(report.to_metrics())
+        if report.diverged_modules:
+            log.warning(
+                "round %d: LoRA-FAIR diverged on %d modules; they keep the plain averages",
+                server_round,
+                report.diverged_modules,
+            )
+        return factors
