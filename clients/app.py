@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import torch_client
+from clients import torch_client, zo_client, zo_sync
 from fedft.config import Scenario
-from fedft.records import config_to_scenario, factors_to_record, record_to_factors
+from fedft.records import ZO_REPLY_KEY, config_to_scenario, factors_to_record, record_to_factors
 
 app = ClientApp()
 
@@ -23,8 +23,20 @@ def _setup(msg: Message, context: Context) -> tuple[Scenario, int]:
 def train(msg: Message, context: Context) -> Message:
     """Train the global LoRA factors on this node's partition and reply with the new ones."""
     scenario, partition_id = _setup(msg, context)
-    factors = record_to_factors(msg.content["arrays"])
     server_round = int(msg.content["config"]["server-round"])
+    backend = scenario.client_for(partition_id).backend
+    if scenario.federation.strategy == "zo" or backend == "zo":
+        if scenario.federation.strategy == "zo":
+            start = zo_sync.synced_factors(scenario, context, msg)
+        else:
+            start = record_to_factors(msg.content["arrays"])
+        payload, _, metrics = zo_client.train_round_zo(
+            scenario, partition_id, context.node_id, start, server_round
+        )
+        zo_reply = ConfigRecord({"records": payload})
+        content = RecordDict({ZO_REPLY_KEY: zo_reply, "metrics": MetricRecord(metrics)})
+        return Message(content=content, reply_to=msg)
+    factors = record_to_factors(msg.content["arrays"])
     new_factors, metrics = torch_client.train_round(scenario, partition_id, factors, server_round)
     content = RecordDict(
         {"arrays": factors_to_record(new_factors), "metrics": MetricRecord(metrics)}

@@ -35,6 +35,15 @@ def get_factors(model: PeftModel) -> FactorState:
     return {name: t.detach().to("cpu", torch.float32).clone() for name, t in state.items()}
 
 
+def factor_params(model: PeftModel, names: list[str]) -> list[torch.nn.Parameter]:
+    """The live LoRA parameters named ``names``, in that order (a zeroth-order layout)."""
+    params = _parameter_map(model)
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ReplyError(f"factors: missing tensor {missing[0]!r}")
+    return [params[n] for n in names]
+
+
 def set_factors_(model: PeftModel, factors: Mapping[str, torch.Tensor]) -> None:
     """Copy ``factors`` into ``model``'s LoRA parameters in place.
 

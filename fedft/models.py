@@ -34,6 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from fedft.adapters import get_factors
 from fedft.config import LoraConfig, ModelConfig
 from fedft.data.encode import char_tokenizer
 from fedft.errors import ConfigError
@@ -172,6 +173,11 @@ def wrap_lora(model: PreTrainedModel, lora_cfg: LoraConfig) -> PeftModel:
     return get_peft_model(model, peft_lora_config(lora_cfg))
 
 
+def initial_factors(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The LoRA factors ``model`` had when :func:`load_peft_model` built it (round 0's state)."""
+    return {k: v.clone() for k, v in model.fedft_initial_factors.items()}
+
+
 @functools.cache
 def load_peft_model(
     model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int
@@ -182,4 +188,8 @@ def load_peft_model(
     across rounds carries no state but the frozen base.
     """
     model, tokenizer = load_base(model_cfg, seed)
-    return wrap_lora(model, lora_cfg), tokenizer
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # every process builds the same initial adapter
+        peft_model = wrap_lora(model, lora_cfg)
+    peft_model.fedft_initial_factors = get_factors(peft_model)
+    return peft_model, tokenizer

@@ -20,6 +20,7 @@ from fedft.task import federated_data
 from fedft.train import evaluate, select_device
 from server.strategies.fedit import ClientLog, ClientUpdate, FedIT
 from server.strategies.lora_fair import LoraFair
+from server.strategies.zo import ZoStrategy
 
 log = logging.getLogger("fedft")
 
@@ -29,6 +30,8 @@ def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
     fed = scenario.federation
     common = {
         "on_client": on_client,
+        "zo": scenario.zo,
+        "run_seed": scenario.run.seed,
         "fraction_train": fed.fraction_train,
         "fraction_evaluate": 0.0,
         "min_train_nodes": fed.min_train_clients,
@@ -37,6 +40,8 @@ def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
     if fed.strategy == "lora_fair":
         solver = LoraFairConfig(**scenario.lora_fair.__dict__)
         return LoraFair(solver=solver, **common)
+    if fed.strategy == "zo":
+        return ZoStrategy(**common)
     return FedIT(**common)
 
 

@@ -8,14 +8,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedft.algorithms.fedavg import weighted_average
 from fedft.algorithms.validation import validate_factors
+from fedft.algorithms.zo import ZoRecord, seed_pool_id
+from fedft.config import ZoSection
 from fedft.errors import ReplyError
-from fedft.records import factors_to_record, record_nbytes, record_to_factors
+from fedft.records import ZO_REPLY_KEY, factors_to_record, record_nbytes, record_to_factors
+from fedft.zo_history import rebuild_factors
+from fedft.zo_wire import decode_zo_reply
 
 log = logging.getLogger("fedft.server")
 
@@ -29,6 +33,7 @@ class ClientUpdate:
     num_examples: float
     metrics: dict[str, float]
     bytes_up: int
+    records: tuple[ZoRecord, ...] = ()  # a zo client's steps (its factors are rebuilt from them)
 
 
 ClientLog = Callable[[int, ClientUpdate, int], None]
@@ -48,20 +53,31 @@ class FedIT(FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    def __init__(self, on_client: ClientLog | None = None, **kwargs: object) -> None:
+    def __init__(
+        self,
+        on_client: ClientLog | None = None,
+        zo: ZoSection | None = None,
+        run_seed: int = 0,
+        **kwargs: object,
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.on_client = on_client
+        self.zo = zo or ZoSection()
+        self.run_seed = run_seed
+        self.current_round = 0
         self.global_factors: dict[str, torch.Tensor] = {}
-        self.bytes_down = 0
+        self.bytes_down: dict[int, int] = {}
         self.round_metrics: dict[str, float] = {}  # strategy-specific metrics of the last round
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Remember the round's global factors (the reference every reply is checked against)."""
+        self.current_round = server_round
         self.global_factors = record_to_factors(arrays)
-        self.bytes_down = record_nbytes(arrays)
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.bytes_down = {m.metadata.dst_node_id: record_nbytes(arrays) for m in messages}
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -80,7 +96,7 @@ class FedIT(FedAvg):
                 continue
             updates.append(update)
             if self.on_client is not None:
-                self.on_client(server_round, update, self.bytes_down)
+                self.on_client(server_round, update, self.bytes_down.get(update.node_id, 0))
         self.round_metrics = {}
         if not updates:
             log.warning("round %d: no valid reply; the global state is unchanged", server_round)
@@ -93,19 +109,50 @@ class FedIT(FedAvg):
     def parse_reply(self, msg: Message) -> ClientUpdate:
         """Turn a reply into a :class:`ClientUpdate`, raising :class:`ReplyError` if it is bad."""
         content = msg.content
-        if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            raise ReplyError("reply must hold exactly one ArrayRecord and one MetricRecord")
-        record = next(iter(content.array_records.values()))
+        if len(content.metric_records) != 1:
+            raise ReplyError("reply must hold exactly one MetricRecord")
         metrics = next(iter(content.metric_records.values()))
         num_examples = float(metrics.get(self.weighted_by_key, 0.0))  # type: ignore[arg-type]
+        node = msg.metadata.src_node_id
+        common = {
+            "node_id": node,
+            "num_examples": num_examples,
+            "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+        }
+        if ZO_REPLY_KEY in content.config_records:
+            payload, records = self.parse_zo_records(content, node)
+            factors = self.rebuild(records)
+            validate_factors(factors, self.global_factors, num_examples)
+            return ClientUpdate(factors=factors, bytes_up=len(payload), records=records, **common)
+        if len(content.array_records) != 1:
+            raise ReplyError("reply must hold exactly one ArrayRecord (or a zo record)")
+        record = next(iter(content.array_records.values()))
         factors = record_to_factors(record)
         validate_factors(factors, self.global_factors, num_examples)
-        return ClientUpdate(
-            node_id=msg.metadata.src_node_id,
-            factors=factors,
-            num_examples=num_examples,
-            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-            bytes_up=record_nbytes(record),
+        return ClientUpdate(factors=factors, bytes_up=record_nbytes(record), **common)
+
+    def parse_zo_records(
+        self, content: RecordDict, node: int
+    ) -> tuple[bytes, tuple[ZoRecord, ...]]:
+        """Decode and check a zo reply: version, this round's pool, steps, indices, sender."""
+        payload = content.config_records[ZO_REPLY_KEY].get("records")
+        if not isinstance(payload, bytes):
+            raise ReplyError(f"zo reply: `{ZO_REPLY_KEY}.records` must be bytes")
+        reply = decode_zo_reply(
+            payload,
+            pool_size=self.zo.pool_size,
+            max_steps=self.zo.local_steps,
+            pool_id=seed_pool_id(self.run_seed, self.current_round, self.zo.pool_size),
+            round=self.current_round,
+        )
+        if reply.node_id != node:
+            raise ReplyError(f"zo reply: names node {reply.node_id} but came from node {node}")
+        return payload, reply.records
+
+    def rebuild(self, records: tuple[ZoRecord, ...]) -> dict[str, torch.Tensor]:
+        """A zo client's factors, from the round's global factors and its records."""
+        return rebuild_factors(
+            self.global_factors, records, self.zo, self.run_seed, self.current_round
         )
 
     def aggregate_factors(

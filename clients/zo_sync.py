@@ -1,0 +1,54 @@
+"""A zo client's view of the global factors, kept in Flower's per-node state between rounds.
+
+In a ``zo`` run the server sends what a node missed: the aggregates of the rounds since it last
+synced (replayed here), or the factors themselves. A node that never synced starts from the
+initial adapter, which every process builds identically (:func:`fedft.models.load_peft_model`).
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ConfigRecord, Context, Message
+
+from fedft.config import Scenario
+from fedft.errors import ReplyError
+from fedft.models import initial_factors, load_peft_model
+from fedft.records import (
+    ZO_CHECKPOINT_ROUND_KEY,
+    ZO_HISTORY_KEY,
+    factors_to_record,
+    record_to_factors,
+)
+from fedft.zo_history import decode_history, replay_history_
+
+STATE_FACTORS = "fedft-zo-factors"
+STATE_SYNC = "fedft-zo-sync"
+
+
+def synced_factors(scenario: Scenario, context: Context, msg: Message) -> dict[str, torch.Tensor]:
+    """Bring this node's copy of the global factors to the start of the message's round."""
+    state, config = context.state, msg.content["config"]
+    server_round = int(config["server-round"])
+    if STATE_FACTORS in state.array_records:
+        factors = record_to_factors(state.array_records[STATE_FACTORS])
+        synced = int(state.config_records[STATE_SYNC]["round"])
+    else:
+        model, _ = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
+        factors, synced = initial_factors(model), 0
+    if "arrays" in msg.content.array_records:
+        factors = record_to_factors(msg.content.array_records["arrays"])
+        synced = int(config[ZO_CHECKPOINT_ROUND_KEY])
+    history = config.get(ZO_HISTORY_KEY, b"")
+    if history:
+        missed = [h for h in decode_history(history, scenario.run.seed) if h.round > synced]
+        replay_history_(
+            [factors[n] for n in sorted(factors)], missed, scenario.run.seed, scenario.zo.lr
+        )
+        synced = missed[-1].round if missed else synced
+    if synced != server_round - 1:
+        raise ReplyError(
+            f"zo client synced to round {synced}, but round {server_round} needs {server_round - 1}"
+        )
+    state.array_records[STATE_FACTORS] = factors_to_record(factors)
+    state.config_records[STATE_SYNC] = ConfigRecord({"round": synced})
+    return factors

@@ -1,0 +1,109 @@
+"""Shared-randomness zeroth-order federated fine-tuning (FedKSeed-style) on Flower.
+
+Downlink: a client gets the aggregates of the rounds it missed (``fedft.v1.ZoHistory``) and
+replays them, or the factors themselves when the history would cost more bytes
+(:func:`fedft.algorithms.zo.prefer_replay`). Uplink: its ``(seed index, g)`` records, one byte a
+step. The server sums ``g`` per seed (:func:`fedft.algorithms.zo.aggregate_records`) and replays
+the sum onto the global factors; it never sees a tensor from a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from fedft.algorithms.zo import aggregate_records, prefer_replay
+from fedft.errors import ReplyError
+from fedft.records import (
+    ZO_CHECKPOINT_ROUND_KEY,
+    ZO_HISTORY_KEY,
+    ZO_REPLY_KEY,
+    record_nbytes,
+    record_to_factors,
+)
+from fedft.zo_history import RoundAggregate, encode_history, replay_history_
+from server.strategies.fedit import ClientUpdate, FedIT
+
+log = logging.getLogger("fedft.server")
+
+
+class ZoStrategy(FedIT):
+    """Aggregate zo clients' scalars per seed and replay them onto the global LoRA factors.
+
+    Keeps the history of per-round aggregates and, per node, the last round it synced to, so each
+    sampled node is sent exactly what it misses.
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.history: list[RoundAggregate] = []
+        self.synced: dict[int, int] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """One message per sampled node: its catch-up history, or the factors if that is cheaper."""
+        self.current_round = server_round
+        self.global_factors = record_to_factors(arrays)
+        numel = sum(t.numel() for t in self.global_factors.values())
+        num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
+        node_ids, _ = sample_nodes(
+            grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes)
+        )
+        messages, self.bytes_down = [], {}
+        for node in node_ids:
+            missed = [h for h in self.history if h.round > self.synced.get(node, 0)]
+            entries = sum(len(h.aggregate) for h in missed)
+            node_config = ConfigRecord({**config, "server-round": server_round})
+            content = RecordDict({"config": node_config})
+            if prefer_replay(entries, self.zo.pool_size, numel):
+                history = encode_history(missed, self.run_seed) if missed else b""
+                node_config[ZO_HISTORY_KEY] = history
+                self.bytes_down[node] = len(history)
+            else:
+                content["arrays"] = arrays
+                node_config[ZO_CHECKPOINT_ROUND_KEY] = server_round - 1
+                self.bytes_down[node] = record_nbytes(arrays)
+            messages.append(Message(content, node, MessageType.TRAIN))
+        return messages
+
+    def parse_reply(self, msg: Message) -> ClientUpdate:
+        """Decode a zo reply (no tensors: the records are aggregated, not rebuilt one by one)."""
+        content = msg.content
+        node = msg.metadata.src_node_id
+        if ZO_REPLY_KEY not in content.config_records or len(content.metric_records) != 1:
+            raise ReplyError("a zo run takes zo replies only (a `zo` ConfigRecord and metrics)")
+        metrics = next(iter(content.metric_records.values()))
+        num_examples = float(metrics.get(self.weighted_by_key, 0.0))  # type: ignore[arg-type]
+        if not (0 < num_examples < float("inf")):
+            raise ReplyError(f"num-examples must be a finite number > 0, got {num_examples}")
+        payload, records = self.parse_zo_records(content, node)
+        return ClientUpdate(
+            node_id=node,
+            factors={},
+            num_examples=num_examples,
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+            bytes_up=len(payload),
+            records=records,
+        )
+
+    def aggregate_factors(
+        self, server_round: int, updates: list[ClientUpdate]
+    ) -> Mapping[str, torch.Tensor]:
+        """``a_s = sum_k p_k sum_t g_kt [s_kt = s]``, replayed onto the global factors."""
+        aggregate = aggregate_records(
+            [u.records for u in updates], [u.num_examples for u in updates]
+        )
+        entry = RoundAggregate(server_round, self.zo.pool_size, aggregate)
+        factors = {name: t.clone() for name, t in self.global_factors.items()}
+        replay_history_([factors[n] for n in sorted(factors)], [entry], self.run_seed, self.zo.lr)
+        self.history.append(entry)
+        for update in updates:  # they started this round from the round's global state
+            self.synced[update.node_id] = server_round - 1
+        self.round_metrics["zo.seeds"] = float(len(aggregate))
+        return factors
