@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 
 from clients.torch_client import client_datasets
-from fedft.adapters import factor_params, get_factors, set_factors_
+from fedft.adapters import factor_params, factors_digest, get_factors, set_factors_
 from fedft.algorithms.zo import (
     ZoRecord,
     derived_seed_indices,
@@ -84,6 +84,8 @@ def train_round_zo(
         grad_scale=zo.grad_scale,
     )
     metrics = {
+        "start_digest": float(factors_digest(start_factors)),
+        "end_digest": float(factors_digest(get_factors(model))),
         "train_loss": sum(losses) / max(len(losses), 1),
         "num-examples": float(len(train_set)),
         "examples": float(len(train_set)),

@@ -7,6 +7,7 @@ the wire and land in ``adapter_model.safetensors``, so the final adapter is a st
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +34,16 @@ def get_factors(model: PeftModel) -> FactorState:
     # The base stays frozen (lm_head or embeddings included): only LoRA factors are state.
     state = get_peft_model_state_dict(model, save_embedding_layers=False)
     return {name: t.detach().to("cpu", torch.float32).clone() for name, t in state.items()}
+
+
+def factors_digest(factors: Mapping[str, torch.Tensor]) -> int:
+    """A 48-bit digest of names, shapes, dtypes and exact bits (fits a float64 metric exactly)."""
+    digest = hashlib.sha256()
+    for name in sorted(factors):
+        tensor = factors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return int.from_bytes(digest.digest()[:6], "big")
 
 
 def factor_params(model: PeftModel, names: list[str]) -> list[torch.nn.Parameter]:

@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedft.adapters import factors_digest
 from fedft.algorithms.fedavg import weighted_average
 from fedft.algorithms.validation import validate_factors
 from fedft.algorithms.zo import ZoRecord, seed_pool_id
@@ -123,6 +124,9 @@ class FedIT(FedAvg):
             payload, records = self.parse_zo_records(content, node)
             factors = self.rebuild(records)
             validate_factors(factors, self.global_factors, num_examples)
+            common["metrics"]["zo_rebuild_exact"] = self.check_digest(
+                common["metrics"], "end_digest", factors, node
+            )
             return ClientUpdate(factors=factors, bytes_up=len(payload), records=records, **common)
         if len(content.array_records) != 1:
             raise ReplyError("reply must hold exactly one ArrayRecord (or a zo record)")
@@ -148,6 +152,19 @@ class FedIT(FedAvg):
         if reply.node_id != node:
             raise ReplyError(f"zo reply: names node {reply.node_id} but came from node {node}")
         return payload, reply.records
+
+    def check_digest(
+        self, metrics: dict[str, float], key: str, factors: Mapping[str, torch.Tensor], node: int
+    ) -> float:
+        """1.0 if the client's reported digest equals the server's tensors', else 0.0 (logged)."""
+        if key not in metrics:
+            return float("nan")
+        exact = int(metrics[key]) == factors_digest(factors)
+        if not exact:
+            log.warning(
+                "round %d: node %d's %s differs from the server's", self.current_round, node, key
+            )
+        return float(exact)
 
     def rebuild(self, records: tuple[ZoRecord, ...]) -> dict[str, torch.Tensor]:
         """A zo client's factors, from the round's global factors and its records."""

@@ -83,11 +83,15 @@ class ZoStrategy(FedIT):
         if not (0 < num_examples < float("inf")):
             raise ReplyError(f"num-examples must be a finite number > 0, got {num_examples}")
         payload, records = self.parse_zo_records(content, node)
+        values = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        values["zo_synced_exact"] = self.check_digest(
+            values, "start_digest", self.global_factors, node
+        )
         return ClientUpdate(
             node_id=node,
             factors={},
             num_examples=num_examples,
-            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+            metrics=values,
             bytes_up=len(payload),
             records=records,
         )
