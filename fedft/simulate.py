@@ -27,6 +27,7 @@ def backend_config(scenario: Scenario) -> dict:
 def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
     """Run ``scenario`` with one virtual SuperNode per client; return the run folder."""
     # Imported here: `fedft --help` and config errors should not pay for Flower's and Ray's import.
+    import torch
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
@@ -34,8 +35,6 @@ def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
 
     # The driver evaluates and aggregates beside the client actors: one thread avoids
     # oversubscribing small machines (2 threads were 5-20x slower than 1 on 2 busy cores).
-    import torch
-
     torch.set_num_threads(1)
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
