@@ -76,21 +76,26 @@ def markdown_table(results: dict[str, list[dict[str, float]]]) -> str:
 
 
 def plot(curves: dict[str, list[list[dict[str, Any]]]], path: Path) -> None:
-    """Eval loss over rounds: one line per run, one colour per strategy."""
+    """Eval loss over rounds and against cumulative uplink bytes; one colour per strategy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(10, 4))
     for color, (strategy, runs) in zip(("C0", "C1", "C2", "C3"), curves.items(), strict=False):
         for i, rounds in enumerate(runs):
-            xs = [r["round"] for r in rounds]
-            ys = [r["eval_loss"] for r in rounds]
-            ax.plot(xs, ys, color=color, alpha=0.7, label=strategy if i == 0 else None)
-    ax.set_xlabel("round")
-    ax.set_ylabel("global eval loss")
-    ax.legend()
+            label = strategy if i == 0 else None
+            losses = [r["eval_loss"] for r in rounds]
+            by_round.plot([r["round"] for r in rounds], losses, color=color, alpha=0.7, label=label)
+            sent = [sum(r["bytes_up"] for r in rounds[: j + 1]) or 1 for j in range(len(rounds))]
+            by_bytes.plot(sent, losses, "o-", color=color, alpha=0.7, label=label)
+    by_round.set_xlabel("round")
+    by_bytes.set_xlabel("cumulative bytes sent up (all clients)")
+    by_bytes.set_xscale("log")
+    for ax in (by_round, by_bytes):
+        ax.set_ylabel("global eval loss")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
