@@ -8,7 +8,14 @@ from flwr.clientapp import ClientApp
 
 from clients import torch_client, zo_client, zo_sync
 from fedft.config import Scenario
-from fedft.records import ZO_REPLY_KEY, config_to_scenario, factors_to_record, record_to_factors
+from fedft.records import (
+    UPDATE_KEY,
+    ZO_REPLY_KEY,
+    config_to_scenario,
+    factors_to_record,
+    record_to_factors,
+)
+from fedft.update_wire import encode_update
 
 app = ClientApp()
 
@@ -33,14 +40,20 @@ def train(msg: Message, context: Context) -> Message:
         payload, _, metrics = zo_client.train_round_zo(
             scenario, partition_id, context.node_id, start, server_round
         )
+        metrics["partition"] = float(partition_id)
         zo_reply = ConfigRecord({"records": payload})
         content = RecordDict({ZO_REPLY_KEY: zo_reply, "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
     factors = record_to_factors(msg.content["arrays"])
     new_factors, metrics = torch_client.train_round(scenario, partition_id, factors, server_round)
-    content = RecordDict(
-        {"arrays": factors_to_record(new_factors), "metrics": MetricRecord(metrics)}
-    )
+    metrics["partition"] = float(partition_id)
+    encoding = scenario.federation.update_encoding
+    if encoding == "fp32_array":
+        content = RecordDict({"arrays": factors_to_record(new_factors)})
+    else:  # a fedft.v1.LoraUpdate message (fp32, or int8 with one scale per row)
+        update = ConfigRecord({UPDATE_KEY: encode_update(new_factors, encoding)})
+        content = RecordDict({UPDATE_KEY: update})
+    content["metrics"] = MetricRecord(metrics)
     return Message(content=content, reply_to=msg)
 
 

@@ -7,6 +7,7 @@ code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--out", type=Path, help="run folder (default: <run.output_dir>/<name>-<time>)"
     )
+    sim.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue a run folder from its checkpoint"
+    )
     sim.add_argument("-v", "--verbose", action="store_true", help="show Flower's own logs")
 
     cmp = sub.add_parser("compare", help="run strategies over seeds; write a table and a plot")
@@ -53,7 +57,11 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedft.task import federated_data
 
     path = args.scenario or (DEFAULT_SCENARIO if DEFAULT_SCENARIO.is_file() else None)
-    scenario = load_scenario(path, args.overrides)
+    overrides = list(args.overrides)
+    if args.resume is not None:  # the run's own scenario, unless one is named
+        path = args.scenario or args.resume / "config.toml"
+        overrides.append(f"run.resume_dir={json.dumps(str(args.resume))}")
+    scenario = load_scenario(path, overrides)
     check_local_files(scenario)
     federated_data(
         scenario
@@ -62,7 +70,8 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedft.simulate import simulate
     from server.federation import default_run_dir
 
-    simulate(scenario, args.out or default_run_dir(scenario), verbose=args.verbose)
+    run_dir = args.resume or args.out or default_run_dir(scenario)
+    simulate(scenario, run_dir, verbose=args.verbose)
     return 0
 
 

@@ -29,6 +29,7 @@ class RunConfig:
     name: str = "default"
     seed: int = 0
     output_dir: str = "runs"
+    resume_dir: str = ""  # a run folder to continue from its last checkpoint
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,8 @@ class FederationConfig:
     min_train_clients: int = 1
     strategy: str = "fedit"
     round_timeout_s: float = 3600.0
+    # Torch clients' reply: an ArrayRecord, or a fedft.v1.LoraUpdate (fp32; int8 + per-row scale)
+    update_encoding: Literal["fp32_array", "fp32", "int8"] = "fp32_array"
 
     def __post_init__(self) -> None:
         check(self.num_clients > 0, "federation.num_clients", "must be > 0")

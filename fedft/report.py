@@ -36,15 +36,30 @@ def console_logging() -> None:
 class RunRecorder:
     """Appends metrics to ``<run_dir>/metrics.jsonl`` as rounds complete (a crash loses nothing)."""
 
-    def __init__(self, run_dir: Path, resolved_config: dict[str, Any], num_rounds: int) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        resolved_config: dict[str, Any],
+        num_rounds: int,
+        resume: bool = False,
+    ) -> None:
         self.run_dir = run_dir
         self.num_rounds = num_rounds
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(tomli_w.dumps(resolved_config), encoding="utf-8")
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.metrics_path.write_text("", encoding="utf-8")
+        if not resume:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.toml").write_text(tomli_w.dumps(resolved_config), encoding="utf-8")
+            self.metrics_path.write_text("", encoding="utf-8")
         self._round_clients: list[dict[str, Any]] = []
         self._t0 = time.perf_counter()
+
+    def truncate_after(self, last_round: int) -> None:
+        """Drop rows of rounds after ``last_round`` (an interrupted round is run again)."""
+        keep = [r for r in read_metrics(self.metrics_path) if r["round"] <= last_round]
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(self.metrics_path)
 
     def _append(self, row: dict[str, Any]) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as f:

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from pathlib import Path
 
-from flwr.app import ArrayRecord, MetricRecord
+from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from fedft.adapters import get_factors, save_adapter, set_factors_
 from fedft.algorithms.lora_fair import LoraFairConfig
-from fedft.config import Scenario
+from fedft.config import Scenario, read_toml
 from fedft.data import encode_examples
+from fedft.errors import ConfigError
 from fedft.models import base_model_folder, load_base, load_peft_model
 from fedft.records import factors_to_record, record_to_factors, scenario_to_config
 from fedft.report import RunRecorder
 from fedft.task import federated_data
 from fedft.train import evaluate, select_device
+from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.strategies.fedit import ClientLog, ClientUpdate, FedIT
 from server.strategies.lora_fair import LoraFair
 from server.strategies.zo import ZoStrategy
@@ -35,7 +38,8 @@ def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
         "fraction_train": fed.fraction_train,
         "fraction_evaluate": 0.0,
         "min_train_nodes": fed.min_train_clients,
-        "min_available_nodes": fed.num_clients,
+        # Rounds go ahead once the minimum is met: a client that drops out does not stall the run.
+        "min_available_nodes": fed.min_train_clients,
     }
     if fed.strategy == "lora_fair":
         solver = LoraFairConfig(**scenario.lora_fair.__dict__)
@@ -52,9 +56,16 @@ def default_run_dir(scenario: Scenario) -> Path:
 
 
 def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
-    """Run every round of ``scenario`` on ``grid`` and leave the run folder in ``run_dir``."""
+    """Run every round of ``scenario`` on ``grid`` and leave the run folder in ``run_dir``.
+
+    With ``run.resume_dir`` set, continue that run folder from its checkpoint instead: no
+    completed round is lost, and the rounds still to run see the same seeds as uninterrupted.
+    """
+    resume = bool(scenario.run.resume_dir)
+    if resume:
+        run_dir = Path(scenario.run.resume_dir)
+        check_same_scenario(scenario, run_dir)
     model, tokenizer = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
-    device = select_device("auto")
     data = scenario.data
     global_eval = encode_examples(
         list(federated_data(scenario).global_eval),
@@ -63,13 +74,18 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
         template=data.template,
         chat=data.chat,
     )
-    recorder = RunRecorder(run_dir, scenario.to_dict(), scenario.federation.num_rounds)
+    recorder = RunRecorder(
+        run_dir, _stored_config(scenario), scenario.federation.num_rounds, resume=resume
+    )
 
     def on_client(server_round: int, update: ClientUpdate, bytes_down: int) -> None:
         metrics = {**update.metrics, "bytes_down": bytes_down, "bytes_up": update.bytes_up}
         recorder.client(server_round, update.node_id, metrics)
 
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    strategy = build_strategy(scenario, on_client)
+    device = select_device("auto")
+
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> None:
         started = time.perf_counter()
         set_factors_(model, record_to_factors(arrays))
         result = evaluate(model, global_eval, scenario.train.batch_size * 4, device)
@@ -80,23 +96,65 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
             "accuracy": result.accuracy,
         }
         recorder.round(server_round, {**metrics, **strategy.round_metrics})
-        return MetricRecord(metrics)
 
-    fed = scenario.federation
-    strategy = build_strategy(scenario, on_client)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=factors_to_record(get_factors(model)),
-        num_rounds=fed.num_rounds,
-        timeout=fed.round_timeout_s,
-        train_config=scenario_to_config(scenario),
-        evaluate_fn=evaluate_global,
-    )
-    final = record_to_factors(result.arrays) if len(result.arrays) else get_factors(model)
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        strategy.load_state(ckpt.strategy_state)
+        recorder.truncate_after(ckpt.round)
+        arrays, first = factors_to_record(ckpt.factors), ckpt.round + 1
+        log.info("resuming %s after round %d", run_dir, ckpt.round)
+    else:
+        arrays, first = factors_to_record(get_factors(model)), 1
+        evaluate_global(0, arrays)
+    train_config = scenario_to_config(scenario)
+    for server_round in range(first, scenario.federation.num_rounds + 1):
+        # Sampling is seeded per round, so a resumed run samples as the uninterrupted one.
+        random.seed(scenario.run.seed * 1_000_003 + server_round)
+        messages = strategy.configure_train(server_round, arrays, train_config, grid)
+        replies = grid.send_and_receive(messages, timeout=scenario.federation.round_timeout_s)
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        evaluate_global(server_round, arrays)
+        save_checkpoint(
+            run_dir,
+            Checkpoint(
+                server_round,
+                record_to_factors(arrays),
+                strategy.state(),
+                {"sampling": "random.seed(run.seed * 1000003 + round)"},
+            ),
+        )
+    final = record_to_factors(arrays)
     save_adapter(model, final, run_dir / "adapter", _base_ref(scenario, run_dir))
     recorder.finish()
     log.info("run folder: %s", run_dir)
     return run_dir
+
+
+def _stored_config(scenario: Scenario) -> dict:
+    """The scenario as the run folder records it (without the resume pointer)."""
+    raw = scenario.to_dict()
+    raw["run"].pop("resume_dir", None)
+    return raw
+
+
+def check_same_scenario(scenario: Scenario, run_dir: Path) -> None:
+    """A resumed run must use the scenario it started with (the resume pointer aside)."""
+    stored = run_dir / "config.toml"
+    if not stored.is_file():
+        raise ConfigError("run.resume_dir", f"{run_dir} is not a fedft run folder (no config.toml)")
+    before = _stored_config(Scenario.from_dict(read_toml(stored)))
+    now = _stored_config(scenario)
+    for section, values in now.items():
+        for key, value in values.items() if isinstance(values, dict) else [("", values)]:
+            old = before.get(section, {}).get(key) if key else before.get(section)
+            if old != value:
+                name = f"{section}.{key}" if key else section
+                raise ConfigError(
+                    "run.resume_dir",
+                    f"{run_dir} ran with {name} = {old!r}, not {value!r}: resume with its scenario",
+                )
 
 
 def _base_ref(scenario: Scenario, run_dir: Path) -> str:

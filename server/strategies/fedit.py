@@ -14,11 +14,18 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedft.adapters import factors_digest
 from fedft.algorithms.fedavg import weighted_average
-from fedft.algorithms.validation import validate_factors
+from fedft.algorithms.validation import norm_outliers, update_norm, validate_factors
 from fedft.algorithms.zo import ZoRecord, seed_pool_id
 from fedft.config import ZoSection
 from fedft.errors import ReplyError
-from fedft.records import ZO_REPLY_KEY, factors_to_record, record_nbytes, record_to_factors
+from fedft.records import (
+    UPDATE_KEY,
+    ZO_REPLY_KEY,
+    factors_to_record,
+    record_nbytes,
+    record_to_factors,
+)
+from fedft.update_wire import decode_update
 from fedft.zo_history import rebuild_factors
 from fedft.zo_wire import decode_zo_reply
 
@@ -54,6 +61,8 @@ class FedIT(FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
+    norm_outlier_factor = 10.0  # a reply changing the factors > 10x the others' median is dropped
+
     def __init__(
         self,
         on_client: ClientLog | None = None,
@@ -69,6 +78,13 @@ class FedIT(FedAvg):
         self.global_factors: dict[str, torch.Tensor] = {}
         self.bytes_down: dict[int, int] = {}
         self.round_metrics: dict[str, float] = {}  # strategy-specific metrics of the last round
+
+    def state(self) -> dict:
+        """JSON-able state beyond the global factors, for checkpoints (none for FedIT)."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what :meth:`state` returned."""
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -96,8 +112,12 @@ class FedIT(FedAvg):
                 log.warning("round %d: dropped reply of node %d: %s", server_round, node, err)
                 continue
             updates.append(update)
-            if self.on_client is not None:
+        updates = self.drop_norm_outliers(server_round, updates)
+        if self.on_client is not None:
+            for update in updates:
                 self.on_client(server_round, update, self.bytes_down.get(update.node_id, 0))
+        # A fixed order (the clients' partition ids) makes float sums, and so runs, reproducible.
+        updates.sort(key=lambda u: (u.metrics.get("partition", float("inf")), u.node_id))
         self.round_metrics = {}
         if not updates:
             log.warning("round %d: no valid reply; the global state is unchanged", server_round)
@@ -106,6 +126,28 @@ class FedIT(FedAvg):
         factors = self.aggregate_factors(server_round, updates)
         self.round_metrics["aggregate_s"] = time.perf_counter() - started
         return factors_to_record(factors), MetricRecord(self.round_metrics)
+
+    def drop_norm_outliers(
+        self, server_round: int, updates: list[ClientUpdate]
+    ) -> list[ClientUpdate]:
+        """Drop, with a log line naming the node, replies whose change dwarfs the others'.
+
+        See :func:`fedft.algorithms.validation.norm_outliers`; needs >= 3 replies with factors.
+        """
+        if len(updates) < 3 or not all(u.factors for u in updates):
+            return updates
+        norms = [update_norm(u.factors, self.global_factors) for u in updates]
+        outliers = set(norm_outliers(norms, self.norm_outlier_factor))
+        for k in sorted(outliers):
+            log.warning(
+                "round %d: dropped reply of node %d: update norm %.4g is more than %g x the "
+                "median of the others'",
+                server_round,
+                updates[k].node_id,
+                norms[k],
+                self.norm_outlier_factor,
+            )
+        return [u for k, u in enumerate(updates) if k not in outliers]
 
     def parse_reply(self, msg: Message) -> ClientUpdate:
         """Turn a reply into a :class:`ClientUpdate`, raising :class:`ReplyError` if it is bad."""
@@ -128,6 +170,13 @@ class FedIT(FedAvg):
                 common["metrics"], "end_digest", factors, node
             )
             return ClientUpdate(factors=factors, bytes_up=len(payload), records=records, **common)
+        if UPDATE_KEY in content.config_records:
+            payload = content.config_records[UPDATE_KEY].get(UPDATE_KEY)
+            if not isinstance(payload, bytes):
+                raise ReplyError(f"reply: `{UPDATE_KEY}.{UPDATE_KEY}` must be bytes")
+            factors = decode_update(payload, template=self.global_factors)
+            validate_factors(factors, self.global_factors, num_examples)
+            return ClientUpdate(factors=factors, bytes_up=len(payload), **common)
         if len(content.array_records) != 1:
             raise ReplyError("reply must hold exactly one ArrayRecord (or a zo record)")
         record = next(iter(content.array_records.values()))

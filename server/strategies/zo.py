@@ -9,6 +9,7 @@ the sum onto the global factors; it never sees a tensor from a client.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Iterable, Mapping
 
@@ -26,7 +27,7 @@ from fedft.records import (
     record_nbytes,
     record_to_factors,
 )
-from fedft.zo_history import RoundAggregate, encode_history, replay_history_
+from fedft.zo_history import RoundAggregate, decode_history, encode_history, replay_history_
 from server.strategies.fedit import ClientUpdate, FedIT
 
 log = logging.getLogger("fedft.server")
@@ -43,6 +44,16 @@ class ZoStrategy(FedIT):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.history: list[RoundAggregate] = []
         self.synced: dict[int, int] = {}
+
+    def state(self) -> dict:
+        """The aggregate history (base64 ``fedft.v1.ZoHistory``) and each node's synced round."""
+        history = base64.b64encode(encode_history(self.history, self.run_seed)).decode()
+        return {"history": history, "synced": {str(k): v for k, v in self.synced.items()}}
+
+    def load_state(self, state: dict) -> None:
+        """Restore the history and synced rounds of a checkpoint."""
+        self.history = decode_history(base64.b64decode(state["history"]), self.run_seed)
+        self.synced = {int(k): int(v) for k, v in state["synced"].items()}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
