@@ -63,9 +63,12 @@ def _simulate(args: argparse.Namespace) -> int:
         overrides.append(f"run.resume_dir={json.dumps(str(args.resume))}")
     scenario = load_scenario(path, overrides)
     check_local_files(scenario)
-    federated_data(
-        scenario
-    )  # data errors (files, partitions) surface here, before any process starts
+    if args.resume is not None:
+        from server.federation import check_same_scenario
+
+        check_same_scenario(scenario, args.resume)
+    # Data errors (files, partitions) surface here, before any process starts.
+    federated_data(scenario)
 
     from fedft.simulate import simulate
     from server.federation import default_run_dir
