@@ -6,7 +6,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import torch_client, zo_client, zo_sync
+from clients import ort_client, torch_client, zo_client, zo_sync
 from fedft.config import Scenario
 from fedft.records import (
     UPDATE_KEY,
@@ -45,7 +45,8 @@ def train(msg: Message, context: Context) -> Message:
         content = RecordDict({ZO_REPLY_KEY: zo_reply, "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
     factors = record_to_factors(msg.content["arrays"])
-    new_factors, metrics = torch_client.train_round(scenario, partition_id, factors, server_round)
+    runtime = ort_client if backend == "ort" else torch_client
+    new_factors, metrics = runtime.train_round(scenario, partition_id, factors, server_round)
     metrics["partition"] = float(partition_id)
     encoding = scenario.federation.update_encoding
     if encoding == "fp32_array":

@@ -7,13 +7,30 @@ import time
 from collections.abc import Mapping
 
 import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
 
 from fedft.adapters import get_factors, set_factors_
 from fedft.config import Scenario
 from fedft.data import EncodedDataset, encode_examples
 from fedft.models import load_peft_model
+from fedft.quantize import base_weight_bytes
 from fedft.task import federated_data
 from fedft.train import EvalResult, evaluate, select_device, train_local
+
+
+def client_model(
+    scenario: Scenario, partition_id: int
+) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """The partition's base plus LoRA, quantized and placed as its client settings say.
+
+    Built once per process for each (quantization, device) pair: see
+    :func:`fedft.models.load_peft_model`.
+    """
+    client = scenario.client_for(partition_id)
+    return load_peft_model(
+        scenario.model, scenario.lora, scenario.run.seed, client.quantization, client.device
+    )
 
 
 @functools.cache
@@ -24,7 +41,7 @@ def client_datasets(scenario: Scenario, partition_id: int) -> tuple[EncodedDatas
         raise ValueError(
             f"partition-id {partition_id} is outside [0, {len(data.client_train)}) of the scenario"
         )
-    _, tokenizer = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
+    _, tokenizer = client_model(scenario, partition_id)
     cfg = scenario.data
 
     def encode(examples: tuple) -> EncodedDataset:
@@ -42,7 +59,7 @@ def train_round(
     server_round: int,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Start from the global factors, train the round's local steps, return factors and metrics."""
-    model, _ = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
+    model, _ = client_model(scenario, partition_id)
     train_set, eval_set = client_datasets(scenario, partition_id)
     device = select_device(scenario.client_for(partition_id).device)
     set_factors_(model, global_factors)
@@ -56,6 +73,7 @@ def train_round(
         "examples": float(result.examples),
         "steps": float(result.steps),
         "train_s": train_s,
+        "base_bytes": float(base_weight_bytes(model)),  # what the quantization saves
     }
     if len(eval_set):
         local = evaluate(model, eval_set, scenario.train.batch_size * 4, device)
@@ -67,7 +85,7 @@ def evaluate_round(
     scenario: Scenario, partition_id: int, global_factors: Mapping[str, torch.Tensor]
 ) -> EvalResult:
     """Evaluate the global factors on the partition's eval split."""
-    model, _ = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
+    model, _ = client_model(scenario, partition_id)
     _, eval_set = client_datasets(scenario, partition_id)
     set_factors_(model, global_factors)
     return evaluate(

@@ -88,8 +88,9 @@ def plot(curves: dict[str, list[list[dict[str, Any]]]], path: Path) -> None:
             label = strategy if i == 0 else None
             losses = [r["eval_loss"] for r in rounds]
             by_round.plot([r["round"] for r in rounds], losses, color=color, alpha=0.7, label=label)
-            sent = [sum(r["bytes_up"] for r in rounds[: j + 1]) or 1 for j in range(len(rounds))]
-            by_bytes.plot(sent, losses, "o-", color=color, alpha=0.7, label=label)
+            trained = rounds[1:]  # round 0 (the untrained adapter) has sent nothing
+            sent = [sum(r["bytes_up"] for r in trained[: j + 1]) for j in range(len(trained))]
+            by_bytes.plot(sent, losses[1:], "o-", color=color, alpha=0.7, label=label)
     by_round.set_xlabel("round")
     by_bytes.set_xlabel("cumulative bytes sent up (all clients)")
     by_bytes.set_xscale("log")

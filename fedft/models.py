@@ -38,6 +38,8 @@ from fedft.adapters import get_factors
 from fedft.config import LoraConfig, ModelConfig
 from fedft.data.encode import char_tokenizer
 from fedft.errors import ConfigError
+from fedft.quantize import load_quantized, quantize_model
+from fedft.train import select_device
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +139,36 @@ def base_model_folder(model_cfg: ModelConfig) -> Path | None:
     return None
 
 
-def load_base(model_cfg: ModelConfig, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the frozen base model and its tokenizer (not cached: see :func:`load_peft_model`)."""
+def load_base(
+    model_cfg: ModelConfig, seed: int, quantization: str = "none", device: str = "auto"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the frozen base model and its tokenizer (not cached: see :func:`load_peft_model`).
+
+    Parameters
+    ----------
+    model_cfg : ModelConfig
+        Which base (``model.source``, ``model.path``, ``model.dtype``).
+    seed : int
+        Seeds the built-in tiny model's weights (ignored for files).
+    quantization : str
+        ``none``, ``int8`` or ``nf4`` (``client.quantization``): see :mod:`fedft.quantize`.
+    device : str
+        ``auto``, ``cpu`` or ``cuda`` (``client.device``): where a quantized base is placed. An
+        unquantized base loads on the CPU and moves when it trains.
+    """
     folder = base_model_folder(model_cfg)
+    dtype = _DTYPES[model_cfg.dtype]
     if folder is None:
         model, tokenizer = tiny_model(model_cfg, seed)
+        if quantization != "none":
+            model = quantize_model(model, quantization, select_device(device))
     else:
         if not (folder / "config.json").is_file():
             raise ConfigError("model.path", f"no Hugging Face model (config.json) in {folder}")
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[model_cfg.dtype])
+        if quantization != "none":
+            model = load_quantized(folder, quantization, select_device(device), dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -180,14 +203,19 @@ def initial_factors(model: PeftModel) -> dict[str, torch.Tensor]:
 
 @functools.cache
 def load_peft_model(
-    model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int
+    model_cfg: ModelConfig,
+    lora_cfg: LoraConfig,
+    seed: int,
+    quantization: str = "none",
+    device: str = "auto",
 ) -> tuple[PeftModel, PreTrainedTokenizerBase]:
-    """Base plus LoRA, built once per process and reused across rounds.
+    """Base plus LoRA, built once per process (and quantization, device), reused across rounds.
 
     The LoRA factors are overwritten with the global ones at the start of every round, so reuse
-    across rounds carries no state but the frozen base.
+    across rounds carries no state but the frozen base. The factors are float32 and named as for an
+    unquantized base, whatever ``quantization`` is (see :func:`load_base`).
     """
-    model, tokenizer = load_base(model_cfg, seed)
+    model, tokenizer = load_base(model_cfg, seed, quantization, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # every process builds the same initial adapter
         peft_model = wrap_lora(model, lora_cfg)

@@ -17,6 +17,7 @@ from fedft.errors import ReplyError
 
 SCENARIO_KEY = "fedft-scenario"
 ZO_REPLY_KEY = "zo"  # ConfigRecord of a zo client's reply: {"records": <fedft.v1.ZoReply bytes>}
+UPDATE_KEY = "update"  # ConfigRecord of a torch reply: {"update": <fedft.v1.LoraUpdate bytes>}
 ZO_HISTORY_KEY = "zo-history"  # train config entry: <fedft.v1.ZoHistory bytes> to catch up
 ZO_CHECKPOINT_ROUND_KEY = "zo-checkpoint-round"  # train config entry when arrays are sent instead
 

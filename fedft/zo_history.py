@@ -73,6 +73,8 @@ def decode_history(data: bytes, run_seed: int) -> list[RoundAggregate]:
         where = f"rounds[{entry.round}]"
         if entry.round <= last_round:
             raise WireError(where, "rounds must be strictly increasing and > 0")
+        if entry.pool_size == 0:
+            raise WireError(f"{where}.pool_size", "must be >= 1")
         if entry.pool_id != seed_pool_id(run_seed, entry.round, entry.pool_size):
             raise WireError(f"{where}.pool_id", "does not match this run's seed pool")
         if len(entry.seed_indices) % 4 or len(entry.values) != len(entry.seed_indices):
