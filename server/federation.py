@@ -14,7 +14,7 @@ from fedft.adapters import get_factors, save_adapter, set_factors_
 from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.config import Scenario, read_toml
 from fedft.data import encode_examples
-from fedft.errors import ConfigError
+from fedft.errors import ConfigError, FedftError
 from fedft.models import base_model_folder, load_base, load_peft_model
 from fedft.records import factors_to_record, record_to_factors, scenario_to_config
 from fedft.report import RunRecorder
@@ -78,7 +78,10 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
         run_dir, _stored_config(scenario), scenario.federation.num_rounds, resume=resume
     )
 
+    accepted: list[int] = []
+
     def on_client(server_round: int, update: ClientUpdate, bytes_down: int) -> None:
+        accepted.append(update.node_id)
         metrics = {**update.metrics, "bytes_down": bytes_down, "bytes_up": update.bytes_up}
         recorder.client(server_round, update.node_id, metrics)
 
@@ -124,6 +127,10 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
                 strategy.state(),
                 {"sampling": "random.seed(run.seed * 1000003 + round)"},
             ),
+        )
+    if first <= scenario.federation.num_rounds and not accepted:
+        raise FedftError(
+            "no client reply was accepted in any round (see the log lines above): nothing trained"
         )
     final = record_to_factors(arrays)
     save_adapter(model, final, run_dir / "adapter", _base_ref(scenario, run_dir))
