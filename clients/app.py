@@ -31,7 +31,8 @@ def train(msg: Message, context: Context) -> Message:
     """Train the global LoRA factors on this node's partition and reply with the new ones."""
     scenario, partition_id = _setup(msg, context)
     server_round = int(msg.content["config"]["server-round"])
-    backend = scenario.client_for(partition_id).backend
+    node_backend = str(context.node_config.get("backend", ""))  # `fedft client --backend`
+    backend = node_backend or scenario.client_for(partition_id).backend
     if scenario.federation.strategy == "zo" or backend == "zo":
         if scenario.federation.strategy == "zo":
             start = zo_sync.synced_factors(scenario, context, msg)

@@ -1,0 +1,257 @@
+"""Encode and decode a first-order update, the ``fedft.v1.LoraUpdate`` protobuf message.
+
+A client's LoRA factors travel as float32 (``"fp32"``, 4 bytes per value) or as int8 codes with
+one float32 scale per row (``"int8"``, 1 byte per value plus 4 per row; symmetric,
+``scale = max|row| / 127``). The byte layout is specified in ``protos/fedft/v1/update.proto``.
+The decoder trusts nothing: a bad message raises :class:`WireError` naming the field and tensor.
+
+Examples
+--------
+>>> import torch
+>>> factors = {"m.lora_A.weight": torch.tensor([[1.27, -0.5], [0.0, 0.0]])}
+>>> data = encode_update(factors, "int8")  # row scales 0.01 and 0 (all zero)
+>>> decode_update(data)["m.lora_A.weight"]
+tensor([[ 1.2700, -0.5000],
+        [ 0.0000,  0.0000]])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from google.protobuf.message import DecodeError
+
+from fedft import zo_wire
+from fedft.errors import ReplyError
+from fedft.v1 import update_pb2
+
+UPDATE_WIRE_VERSION = 1
+MAX_NDIM = 8
+INT8_LEVELS = 127
+ENCODINGS = {
+    "fp32": update_pb2.TENSOR_ENCODING_FP32,
+    "int8": update_pb2.TENSOR_ENCODING_INT8_ROW,
+}
+_NAMES = {v: k for k, v in ENCODINGS.items()}
+_F32 = np.dtype("<f4")
+_TINY = float(np.finfo(np.float32).tiny)  # 2**-126: smaller row maxima are sent as zeros
+
+
+class WireError(zo_wire.WireError):
+    """An update cannot be encoded or decoded.
+
+    ``field`` names the offending message field (``version``, ``tensors``, ``name``, ``shape``,
+    ``encoding``, ``data``, ``scales``) and ``tensor`` the tensor's name, if any. A subclass of
+    :class:`fedft.zo_wire.WireError`, so one ``except`` covers every fedft wire message.
+    """
+
+    def __init__(self, field: str, message: str, tensor: str | None = None) -> None:
+        self.field = field
+        self.tensor = tensor
+        where = f"update `{field}`" if tensor is None else f"update tensor {tensor!r} `{field}`"
+        # ReplyError's constructor, not zo_wire.WireError's (whose text says "zo reply").
+        ReplyError.__init__(self, f"{where}: {message}")
+
+
+def _rows(shape: tuple[int, ...]) -> int:
+    """Rows of a tensor read as a matrix: ``d0``, or 1 for a scalar."""
+    return shape[0] if shape else 1
+
+
+def quantize_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantization with one float32 scale per row (``d0``).
+
+    ``scale = float32(max|row| / 127)`` (0 when below 2**-126: the row becomes zeros) and
+    ``code = clip(rint(x / scale), -127, 127)`` in float64, ties to even; then
+    ``|x - dequantize_rows(code, scale)| <= scale / 2`` up to one float32 rounding.
+
+    Parameters
+    ----------
+    tensor : torch.Tensor
+        A finite floating tensor of any shape (read as ``rows = d0`` by ``numel / d0``).
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor]
+        int8 codes of ``tensor``'s shape, and float32 scales of shape ``(rows,)``.
+
+    Raises
+    ------
+    WireError
+        If a value is NaN or infinite.
+    """
+    shape = tuple(tensor.shape)
+    rows = _rows(shape)
+    cols = tensor.numel() // rows if rows else 0
+    x = tensor.detach().cpu().to(torch.float64).reshape(rows, cols).numpy()  # (rows, cols)
+    if x.size and not np.all(np.isfinite(x)):
+        raise WireError("data", "cannot quantize non-finite values (NaN or Inf)")
+    peak = np.max(np.abs(x), axis=1, initial=0.0)  # (rows,)
+    scales = (peak / INT8_LEVELS).astype(np.float32)
+    scales[scales < _TINY] = 0.0
+    safe = np.where(scales > 0, scales.astype(np.float64), 1.0)[:, None]  # (rows, 1)
+    codes = np.clip(np.rint(x / safe), -INT8_LEVELS, INT8_LEVELS) * (scales > 0)[:, None]
+    codes_t = torch.from_numpy(codes.astype(np.int8)).reshape(shape)
+    return codes_t, torch.from_numpy(scales)
+
+
+def dequantize_rows(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``float32(code * scale)`` for every entry and its row's scale (one float32 rounding)."""
+    shape = tuple(codes.shape)
+    rows = _rows(shape)
+    matrix = codes.to(torch.float32).reshape(rows, codes.numel() // rows if rows else 0)
+    return (matrix * scales.to(torch.float32)[:, None]).reshape(shape)
+
+
+def encode_update(factors: Mapping[str, torch.Tensor], encoding: str = "fp32") -> bytes:
+    """Serialize a factor state as a ``fedft.v1.LoraUpdate``.
+
+    Parameters
+    ----------
+    factors : Mapping[str, torch.Tensor]
+        Finite floating tensors by name (sent in this order, as float32).
+    encoding : {"fp32", "int8"}
+        Exact float32 values, or int8 codes with one float32 scale per row.
+
+    Returns
+    -------
+    bytes
+        The serialized message.
+
+    Raises
+    ------
+    WireError
+        On an unknown encoding, no tensors, an empty name, more than 8 dimensions, a dimension of
+        2**32 or more, a non-floating dtype or a non-finite value.
+    """
+    if encoding not in ENCODINGS:
+        raise WireError("encoding", f"must be one of {sorted(ENCODINGS)}, got {encoding!r}")
+    if not factors:
+        raise WireError("tensors", "no tensors to send")
+    message = update_pb2.LoraUpdate(version=UPDATE_WIRE_VERSION)
+    for name, tensor in factors.items():
+        _check_layout(name, tuple(tensor.shape))
+        if not tensor.is_floating_point():
+            raise WireError("data", f"dtype {tensor.dtype} is not floating", name)
+        values = tensor.detach().cpu().to(torch.float32).contiguous()
+        if not bool(torch.isfinite(values).all()):
+            raise WireError("data", "holds non-finite values (NaN or Inf)", name)
+        entry = message.tensors.add(name=name, shape=values.shape, encoding=ENCODINGS[encoding])
+        if encoding == "fp32":
+            entry.data = values.numpy().astype(_F32, copy=False).tobytes()
+        else:
+            codes, scales = quantize_rows(values)
+            entry.data = codes.numpy().tobytes()
+            entry.scales = scales.numpy().astype(_F32, copy=False).tobytes()
+    return message.SerializeToString()
+
+
+def _check_layout(name: str, shape: tuple[int, ...]) -> None:
+    if not name:
+        raise WireError("name", "must be non-empty")
+    if len(shape) > MAX_NDIM:
+        raise WireError("shape", f"{len(shape)} dimensions, at most {MAX_NDIM}", name)
+    if any(not 0 <= d < 2**32 for d in shape):
+        raise WireError("shape", f"dimensions must be in [0, 2**32), got {shape}", name)
+
+
+def _decode_tensor(entry: update_pb2.LoraTensor) -> torch.Tensor:
+    """One tensor's float32 values, after every length, code and finiteness check."""
+    name, shape = entry.name, tuple(entry.shape)
+    numel = math.prod(shape)
+    if entry.encoding == update_pb2.TENSOR_ENCODING_FP32:
+        if entry.scales:
+            raise WireError("scales", "must be empty with fp32", name)
+        if len(entry.data) != 4 * numel:
+            raise WireError("data", f"{len(entry.data)} bytes for {shape} in fp32", name)
+        values = np.frombuffer(entry.data, _F32)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise WireError("data", f"entry {int(bad[0])} is {values[bad[0]]}", name)
+        return torch.from_numpy(values.astype(np.float32)).reshape(shape)
+    rows = _rows(shape)
+    if len(entry.data) != numel:
+        raise WireError("data", f"{len(entry.data)} bytes for {shape} in int8", name)
+    if len(entry.scales) != 4 * rows:
+        raise WireError("scales", f"{len(entry.scales)} bytes for {rows} rows", name)
+    scales = np.frombuffer(entry.scales, _F32)
+    bad = np.flatnonzero(~(np.isfinite(scales) & (scales >= 0)))
+    if bad.size:
+        raise WireError("scales", f"row {int(bad[0])} has scale {scales[bad[0]]}", name)
+    codes = np.frombuffer(entry.data, np.int8).reshape(rows, numel // rows if rows else 0)
+    bad = np.argwhere((codes == -128) | ((codes != 0) & (scales == 0)[:, None]))
+    if bad.size:
+        row, col = bad[0]
+        message = f"code {codes[row, col]} at ({row}, {col}) with row scale {scales[row]}"
+        raise WireError("data", message, name)
+    with np.errstate(over="ignore"):
+        values = codes.astype(np.float32) * scales[:, None]
+    if not np.all(np.isfinite(values)):
+        raise WireError("scales", "code * scale overflows float32", name)
+    return torch.from_numpy(values).reshape(shape)
+
+
+def decode_update(
+    data: bytes, template: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Parse and validate a ``fedft.v1.LoraUpdate``.
+
+    Parameters
+    ----------
+    data : bytes
+        A serialized message.
+    template : Mapping[str, torch.Tensor], optional
+        The global state: when given, the update must hold exactly its names and shapes.
+
+    Returns
+    -------
+    dict[str, torch.Tensor]
+        float32 tensors by name, in the message's order.
+
+    Raises
+    ------
+    WireError
+        On an unparsable message, a wrong version, no tensors, an empty or duplicate name, more
+        than 8 dimensions, an unknown encoding, byte lengths that do not match the shape, a -128
+        code, a non-zero code in a row of scale 0, a negative or non-finite scale, a non-finite
+        value, or names and shapes other than ``template``'s.
+    """
+    message = update_pb2.LoraUpdate()
+    try:
+        message.ParseFromString(bytes(data))
+    except DecodeError as error:
+        raise WireError("message", f"not a LoraUpdate ({error})") from None
+    if message.version != UPDATE_WIRE_VERSION:
+        raise WireError("version", f"expected {UPDATE_WIRE_VERSION}, got {message.version}")
+    if not message.tensors:
+        raise WireError("tensors", "no tensors")
+    out: dict[str, torch.Tensor] = {}
+    for entry in message.tensors:
+        _check_layout(entry.name, tuple(entry.shape))
+        if entry.name in out:
+            raise WireError("name", "appears twice", entry.name)
+        if entry.encoding not in _NAMES:
+            raise WireError("encoding", f"unknown value {entry.encoding}", entry.name)
+        out[entry.name] = _decode_tensor(entry)
+    if template is not None:
+        _check_template(out, template)
+    return out
+
+
+def _check_template(got: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor]) -> None:
+    for name in got:
+        if name not in template:
+            raise WireError("name", "is not a tensor of the global state", name)
+    missing = [name for name in template if name not in got]
+    if missing:
+        raise WireError("tensors", f"missing ({len(missing)} missing)", missing[0])
+    for name, tensor in got.items():
+        if tuple(tensor.shape) != tuple(template[name].shape):
+            raise WireError(
+                "shape",
+                f"{tuple(tensor.shape)}, expected {tuple(template[name].shape)}",
+                name,
+            )
