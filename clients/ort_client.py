@@ -1,0 +1,129 @@
+"""The ort client runtime: LoRA training of the scenario's model with ONNX Runtime's training API.
+
+The same round as :mod:`clients.torch_client` (same batches, same AdamW and clipping, same reply)
+on an edge bundle instead of a torch model. The bundle is the folder named by the environment
+variable ``FEDFT_EDGE_BUNDLE`` (a device given one by ``fedft edge export``; it must match the run's
+configuration), else the cache folder of the configuration, built on first use (simulations).
+Data are encoded with the bundle's own tokenizer: no torch model is loaded here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from fedft.config import Scenario
+from fedft.data import EncodedDataset, encode_examples
+from fedft.edge.bundle import FORWARD_MODEL, TOKENIZER, EdgeBundle, open_bundle
+from fedft.edge.cache import ensure_bundle
+from fedft.edge.ort_train import train_steps
+from fedft.edge.ort_zo import ForwardModel, evaluate_forward
+from fedft.task import federated_data
+from fedft.train import EvalResult
+
+BUNDLE_ENV = "FEDFT_EDGE_BUNDLE"
+
+
+@functools.cache
+def edge_bundle(scenario: Scenario) -> EdgeBundle:
+    """The run's edge bundle: ``$FEDFT_EDGE_BUNDLE`` (checked), else the cache (built if missing).
+
+    Raises
+    ------
+    fedft.edge.errors.BundleMismatchError
+        If the bundle was built for another model, LoRA or optimizer configuration.
+    """
+    folder = os.environ.get(BUNDLE_ENV)
+    if folder:
+        return open_bundle(folder, scenario)
+    return ensure_bundle(scenario)
+
+
+@functools.cache
+def forward_model(path: Path, threads: int) -> ForwardModel:
+    """The forward-only session of a bundle, created once per process."""
+    return ForwardModel(path, threads)
+
+
+@functools.cache
+def client_datasets(scenario: Scenario, partition_id: int) -> tuple[EncodedDataset, EncodedDataset]:
+    """The partition's encoded train and eval sets (the bundle's tokenizer), once per process."""
+    data = federated_data(scenario)
+    if not 0 <= partition_id < len(data.client_train):
+        raise ValueError(
+            f"partition-id {partition_id} is outside [0, {len(data.client_train)}) of the scenario"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(edge_bundle(scenario).file(TOKENIZER))
+    cfg = scenario.data
+
+    def encode(examples: tuple) -> EncodedDataset:
+        return encode_examples(
+            list(examples), tokenizer, cfg.max_length, template=cfg.template, chat=cfg.chat
+        )
+
+    return encode(data.client_train[partition_id]), encode(data.client_eval[partition_id])
+
+
+def _numpy_batches(batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[str, np.ndarray]]:
+    for batch in batches:
+        yield {name: tensor.numpy() for name, tensor in batch.items()}
+
+
+def _numpy_factors(factors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {name: t.detach().to("cpu", torch.float32).numpy() for name, t in factors.items()}
+
+
+def train_round(
+    scenario: Scenario,
+    partition_id: int,
+    global_factors: Mapping[str, torch.Tensor],
+    server_round: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Start from the global factors, train the round's local steps, return factors and metrics.
+
+    Mirrors :func:`clients.torch_client.train_round`: the same batches (same seed), the same
+    metrics; ``train_s`` includes the round's session setup (a fresh optimizer state each round).
+    """
+    bundle = edge_bundle(scenario)
+    train_set, eval_set = client_datasets(scenario, partition_id)
+    cfg, threads = scenario.train, scenario.simulation.threads_per_client
+    seed = scenario.run.seed * 1_000_003 + server_round * 1_009 + partition_id  # as torch's
+    batches = train_set.batches(cfg.batch_size, seed=seed, steps=cfg.local_steps)
+    started = time.perf_counter()
+    result = train_steps(
+        bundle, _numpy_factors(global_factors), _numpy_batches(batches), cfg.lr, threads
+    )
+    train_s = time.perf_counter() - started
+    steps = len(result.losses)
+    metrics = {
+        "train_loss": sum(result.losses) / max(steps, 1),
+        "num-examples": float(len(train_set)),
+        "examples": float(len(train_set)),
+        "steps": float(steps),
+        "train_s": train_s,
+        "base_bytes": float(bundle.manifest["base_bytes"]),
+    }
+    if len(eval_set):
+        model = forward_model(bundle.file(FORWARD_MODEL), threads)
+        local = evaluate_forward(model, result.factors, eval_set, cfg.batch_size * 4)
+        metrics["local_eval_loss"] = local.loss
+    return {name: torch.from_numpy(a) for name, a in result.factors.items()}, metrics
+
+
+def evaluate_round(
+    scenario: Scenario, partition_id: int, global_factors: Mapping[str, torch.Tensor]
+) -> EvalResult:
+    """Evaluate the global factors on the partition's eval split (forward-only graph)."""
+    bundle = edge_bundle(scenario)
+    _, eval_set = client_datasets(scenario, partition_id)
+    model = forward_model(bundle.file(FORWARD_MODEL), scenario.simulation.threads_per_client)
+    return evaluate_forward(
+        model, _numpy_factors(global_factors), eval_set, scenario.train.batch_size * 4
+    )

@@ -1,0 +1,70 @@
+"""``fedft edge``: build an edge bundle for devices, or show one.
+
+Hooked into :mod:`fedft.cli` with :func:`add_parser` and :func:`run`::
+
+    fedft edge export --scenario simulations/default.toml --out bundles/default
+    fedft edge info bundles/default [--scenario simulations/default.toml]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fedft.config import load_scenario
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``edge`` command (``export``, ``info``) to the ``fedft`` subcommands."""
+    edge = subparsers.add_parser("edge", help="build or show an ONNX Runtime edge bundle")
+    sub = edge.add_subparsers(dest="edge_command", required=True)
+    export = sub.add_parser(
+        "export", help="export base + LoRA to ONNX and build ONNX Runtime training artifacts"
+    )
+    export.add_argument("--scenario", type=Path, help="scenario TOML file (default: defaults)")
+    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    export.add_argument(
+        "--out", type=Path, help="bundle folder (default: the cache folder of the configuration)"
+    )
+    export.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    info = sub.add_parser("info", help="print a bundle's manifest; check it against a scenario")
+    info.add_argument("bundle", type=Path, help="bundle folder")
+    info.add_argument("--scenario", type=Path, help="scenario TOML file to check the bundle for")
+    info.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return edge
+
+
+def _sizes(bundle_path: Path, files: dict[str, int]) -> str:
+    lines = [f"  {name:<32} {size / 2**20:9.2f} MiB" for name, size in sorted(files.items())]
+    total = sum(files.values())
+    return "\n".join([*lines, f"  {'total':<32} {total / 2**20:9.2f} MiB  ({bundle_path})"])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fedft edge ...``; return the exit code (errors raise :class:`FedftError`)."""
+    from fedft.edge.bundle import check_bundle, read_bundle
+
+    if args.edge_command == "export":
+        from fedft.config import check_local_files
+        from fedft.edge.cache import default_bundle_dir
+        from fedft.edge.export import build_bundle
+
+        scenario = load_scenario(args.scenario, args.overrides)
+        check_local_files(scenario)
+        out = args.out or default_bundle_dir(scenario)
+        bundle = build_bundle(scenario, out, force=args.force)
+        print(
+            f"edge bundle {bundle.key[:16]} for {scenario.model.source} model, "
+            f"LoRA rank {scenario.lora.rank}: {len(bundle.factor_layout)} factors"
+        )
+        print(_sizes(bundle.path, bundle.manifest["files"]))
+        return 0
+    bundle = read_bundle(args.bundle)
+    config = bundle.manifest["config"]
+    print(f"format {bundle.manifest['format']}, key {bundle.key}")
+    print(f"model {config['model']}, lora {config['lora']}")
+    print(_sizes(bundle.path, bundle.manifest["files"]))
+    if args.scenario is not None or args.overrides:
+        check_bundle(bundle, load_scenario(args.scenario, args.overrides))
+        print("matches the scenario")
+    return 0
