@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from clients.torch_client import client_datasets
+from clients.torch_client import client_datasets, client_model
 from fedft.adapters import factor_params, factors_digest, get_factors, set_factors_
 from fedft.algorithms.zo import (
     ZoRecord,
@@ -23,7 +23,6 @@ from fedft.algorithms.zo import (
     spsa_step_,
 )
 from fedft.config import Scenario
-from fedft.models import load_peft_model
 from fedft.train import select_device
 from fedft.zo_wire import encode_zo_reply
 
@@ -49,7 +48,7 @@ def train_round_zo(
         to what the server rebuilds from the reply), and the round's metrics.
     """
     zo, client = scenario.zo, scenario.client_for(partition_id)
-    model, _ = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
+    model, _ = client_model(scenario, partition_id)
     train_set, _ = client_datasets(scenario, partition_id)
     device = select_device(client.device)
     model.to(device).eval()  # no dropout: L+ and L- must see the same function

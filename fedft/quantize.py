@@ -19,11 +19,14 @@ config, is saved to a temporary folder and reloaded the same way. Transformers t
 embeddings and ``lm_head`` (the output embedding, tied or not) unquantized, as it does for any
 model.
 
-No ``peft.prepare_model_for_kbit_training``: it freezes the base (``get_peft_model`` already
-does), casts half-precision norms to float32 (the base is float32 unless ``model.dtype`` says
-otherwise) and turns on gradient checkpointing, which fedft does not use: its sequences are short
-and the activations of one step are small next to the weights. peft's bnb LoRA layers need none of
-it to train.
+No ``peft.prepare_model_for_kbit_training``. It freezes the base (``get_peft_model`` already
+does), casts half-precision norms and embeddings to float32 (the base is float32 unless
+``model.dtype = "bfloat16"`` asks otherwise), and turns on gradient checkpointing with input
+gradients. fedft's training loop does not checkpoint, so none of it is needed to train. It would
+pay on larger batches: on SmolLM2-135M at batch 4 x 32 tokens a step's activations take about
+250 MiB beside a 165 MiB nf4 base (``benchmarks/quantization.py``). Whoever adds checkpointing
+must call ``model.enable_input_require_grads()`` with it: the frozen embeddings give checkpointed
+blocks no input that requires grad.
 
 One function in every mode. On the CPU, bitsandbytes 0.50 picks kernels by the module's mode, and
 fedft pins the training kernel (:func:`pin_compute_`):
@@ -35,7 +38,7 @@ fedft pins the training kernel (:func:`pin_compute_`):
 - ``Linear8bitLt``: training dequantizes the weight and multiplies in float (``MatMul8bitFp``);
   eval runs LLM.int8 with the activations rounded to int8 too (logits 3% away from training's on
   the tiny model). A zeroth-order step differences two forward passes ``eps`` apart, which that
-  rounding would swamp.
+  rounding swamps (measured: SPSA's ``g`` 92% away from the directional derivative).
 
 With the pin, every forward computes ``x @ dequantize(W).T`` in the compute dtype, the same
 function in training, evaluation and zeroth-order steps.
@@ -43,20 +46,24 @@ function in training, evaluation and zeroth-order steps.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
+from fedft.config import Scenario
 from fedft.errors import ConfigError
+from fedft.train import select_device
 
 QUANTIZED = ("int8", "nf4")
 NF4_BLOCKSIZE = 64  # bitsandbytes' 4-bit block: one scale per 64 weights (QLoRA)
-
 
 
 def require_bitsandbytes() -> ModuleType:
@@ -119,6 +126,23 @@ def check_platform(quantization: str, device: torch.device) -> None:
         ) from None
 
 
+def check_clients(scenario: Scenario) -> None:
+    """Check, before any process starts, that this machine can run every client's quantization.
+
+    For ``fedft simulate``, where the clients run here: a client that fails at load time only
+    shows as a traceback in a worker's log and a round without its reply.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``client.device`` or ``client.quantization``.
+    """
+    wanted = {scenario.client_for(p) for p in range(scenario.federation.num_clients)}
+    for client in sorted(wanted, key=str):
+        if client.quantization != "none":
+            check_platform(client.quantization, select_device(client.device))
+
+
 def bnb_config(quantization: str, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
     """The transformers ``BitsAndBytesConfig`` of a fedft quantization (``int8`` or ``nf4``)."""
     if quantization == "int8":
@@ -150,12 +174,13 @@ def load_quantized(
         dtype of the unquantized parts (embeddings, norms, ``lm_head``) and of the matmuls.
     """
     check_platform(quantization, device)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        quantization_config=bnb_config(quantization, dtype),
-        device_map={"": str(device)},
-        dtype=dtype,
-    )
+    with _quiet_progress():
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            quantization_config=bnb_config(quantization, dtype),
+            device_map={"": str(device)},
+            dtype=dtype,
+        )
     _copy_out_of_checkpoint_(model)
     pin_compute_(model)
     return model
@@ -191,8 +216,21 @@ def quantize_model(
     """
     check_platform(quantization, device)
     with tempfile.TemporaryDirectory(prefix="fedft-quantize-") as folder:
-        model.save_pretrained(folder)
+        with _quiet_progress():
+            model.save_pretrained(folder)
         return load_quantized(folder, quantization, device, model.dtype)
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Hide transformers' progress bars: a client logs rounds, not a bar for every load."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def pin_compute_(model: torch.nn.Module) -> None:
