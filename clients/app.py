@@ -6,7 +6,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import ort_client, torch_client, zo_client, zo_sync
+from clients import ort_client, ort_zo, torch_client, zo_client, zo_sync
 from fedft.config import Scenario
 from fedft.records import (
     UPDATE_KEY,
@@ -38,7 +38,10 @@ def train(msg: Message, context: Context) -> Message:
             start = zo_sync.synced_factors(scenario, context, msg)
         else:
             start = record_to_factors(msg.content["arrays"])
-        payload, _, metrics = zo_client.train_round_zo(
+        # An `ort` device in a zo run steps forward-only with ONNX Runtime (same generator, same
+        # records); `zo` and `torch` clients step with torch.
+        zo_runtime = ort_zo if backend == "ort" else zo_client
+        payload, _, metrics = zo_runtime.train_round_zo(
             scenario, partition_id, context.node_id, start, server_round
         )
         metrics["partition"] = float(partition_id)

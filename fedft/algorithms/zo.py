@@ -164,13 +164,14 @@ def dequantize_grads(codes: np.ndarray, scale: float) -> list[float]:
     return (np.asarray(codes, dtype=np.float32) * np.float32(scale)).tolist()
 
 
-def _restore_and_step(eps32: float, lr: float, grad: float) -> float:
+def restore_and_step(eps32: float, lr: float, grad: float) -> float:
     """``float32(eps - float32(lr) * float32(g))``: undo ``-eps z`` and take the step, one pass."""
     with np.errstate(over="ignore"):
         return float32_scale(float(np.float32(eps32) - np.float32(lr) * np.float32(grad)))
 
 
-def _check_eps(eps: float) -> float:
+def check_eps(eps: float) -> float:
+    """Return ``eps`` rounded to float32, raising :class:`ZoError` unless it is > 0."""
     eps32 = float32_scale(eps)
     if not eps32 > 0:
         raise ZoError(f"`eps` must be > 0, got {eps!r}")
@@ -212,7 +213,7 @@ def spsa_step_(
     float
         The applied projected gradient ``g`` (a float32 value).
     """
-    eps32 = _check_eps(eps)
+    eps32 = check_eps(eps)
     with torch.no_grad():
         perturb_(params, seed, eps32)
         loss_plus = float(loss_fn())
@@ -226,7 +227,7 @@ def spsa_step_(
         if grad_scale is not None:
             codes, _ = quantize_grads([grad], grad_scale)
             grad = dequantize_grads(codes, grad_scale)[0]
-        perturb_(params, seed, _restore_and_step(eps32, lr, grad))
+        perturb_(params, seed, restore_and_step(eps32, lr, grad))
     return grad
 
 
@@ -249,12 +250,12 @@ def replay_records_(
     starting tensors this gives the client's tensors bit for bit, provided ``g`` is the value the
     client applied (float32 on the wire, or int8 with the client's fixed ``grad_scale``).
     """
-    eps32 = _check_eps(eps)
+    eps32 = check_eps(eps)
     for record in records:
         seed = _pool_seed(pool, record.seed_index)
         perturb_(params, seed, eps32)
         perturb_(params, seed, -2 * eps32)
-        perturb_(params, seed, _restore_and_step(eps32, lr, record.grad))
+        perturb_(params, seed, restore_and_step(eps32, lr, record.grad))
 
 
 def aggregate_records(

@@ -98,10 +98,11 @@ def check_protobuf_limit(num_bytes: int, what: str, limit: int = PROTOBUF_LIMIT)
     if num_bytes >= limit:
         raise ModelTooLargeError(
             f"{what} holds {num_bytes / 2**30:.2f} GiB of float32 weights; one ONNX file holds "
-            f"at most {limit / 2**30:.3g} GiB (protobuf's 2 GB limit): an edge bundle of it needs "
-            "the weights in ONNX external data (torch.onnx.export(..., external_data=True), "
-            "generate_artifacts given the .onnx path, not a ModelProto), which fedft does not "
-            "build yet; use a smaller base, or torch or zo clients for this model"
+            f"at most {limit / 2**30:.3g} GiB (protobuf's 2 GB limit). Such a model needs its "
+            "weights in ONNX external data: torch.onnx.export(..., external_data=True), "
+            "generate_artifacts given the .onnx path instead of a ModelProto, and the forward-only "
+            "graph saved with onnx.save(..., save_as_external_data=True) for zo devices; fedft "
+            "does not build those yet, so use a smaller base, or torch or zo clients for this model"
         )
 
 

@@ -14,17 +14,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedft.edge.bundle import CHECKPOINT, OPTIMIZER_MODEL, TRAINING_MODEL, EdgeBundle
 from fedft.edge.errors import EdgeError, training_runtime
 
+if TYPE_CHECKING:
+    import onnxruntime
+
 Batch = Mapping[str, np.ndarray]
 INPUTS = ("input_ids", "attention_mask", "labels")
 
 
-def session_options(threads: int) -> object:
+def session_options(threads: int) -> onnxruntime.SessionOptions:
     """``onnxruntime.SessionOptions`` with ``threads`` intra-op threads (one inter-op thread)."""
     import onnxruntime
 

@@ -19,10 +19,10 @@ import numpy as np
 from fedft.algorithms.zo import (
     ZoError,
     ZoRecord,
-    _check_eps,
-    _restore_and_step,
+    check_eps,
     dequantize_grads,
     quantize_grads,
+    restore_and_step,
 )
 from fedft.data.encode import IGNORE_INDEX, EncodedDataset
 from fedft.edge.errors import EdgeError
@@ -102,7 +102,7 @@ def spsa_step_numpy_(
     float
         The applied ``g``.
     """
-    eps32 = _check_eps(eps)
+    eps32 = check_eps(eps)
     perturb_numpy_(arrays, seed, eps32)
     loss_plus = float(loss_fn())
     perturb_numpy_(arrays, seed, -2 * eps32)
@@ -115,7 +115,7 @@ def spsa_step_numpy_(
     if grad_scale is not None:
         codes, _ = quantize_grads([grad], grad_scale)
         grad = dequantize_grads(codes, grad_scale)[0]
-    perturb_numpy_(arrays, seed, _restore_and_step(eps32, lr, grad))
+    perturb_numpy_(arrays, seed, restore_and_step(eps32, lr, grad))
     return grad
 
 
