@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 
 from clients.torch_client import client_datasets, client_model
-from fedft.adapters import factor_params, factors_digest, get_factors, set_factors_
+from fedft.adapters import factors_digest
 from fedft.algorithms.zo import (
     ZoRecord,
     derived_seed_indices,
@@ -24,6 +24,7 @@ from fedft.algorithms.zo import (
 )
 from fedft.config import Scenario
 from fedft.train import select_device
+from fedft.trainable import initial_state, set_trainable_, trainable_params, trainable_state
 from fedft.zo_wire import encode_zo_reply
 
 
@@ -52,8 +53,10 @@ def train_round_zo(
     train_set, _ = client_datasets(scenario, partition_id)
     device = select_device(client.device)
     model.to(device).eval()  # no dropout: L+ and L- must see the same function
-    set_factors_(model, start_factors)
-    params = factor_params(model, zo_layout(start_factors))
+    modules = zo.trainable_modules
+    initial_state(model, modules)  # captured before any step touches the shared model
+    set_trainable_(model, start_factors, modules)
+    params = trainable_params(model, zo_layout(start_factors), modules)
     pool = seed_pool(scenario.run.seed, server_round, zo.pool_size)
     pool_id = seed_pool_id(scenario.run.seed, server_round, zo.pool_size)
     indices = derived_seed_indices(pool_id, server_round, node_id, zo.local_steps, zo.pool_size)
@@ -84,11 +87,11 @@ def train_round_zo(
     )
     metrics = {
         "start_digest": float(factors_digest(start_factors)),
-        "end_digest": float(factors_digest(get_factors(model))),
+        "end_digest": float(factors_digest(trainable_state(model, modules))),
         "train_loss": sum(losses) / max(len(losses), 1),
         "num-examples": float(len(train_set)),
         "examples": float(len(train_set)),
         "steps": float(len(records)),
         "train_s": train_s,
     }
-    return payload, get_factors(model), metrics
+    return payload, trainable_state(model, modules), metrics

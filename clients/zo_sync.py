@@ -10,15 +10,16 @@ from __future__ import annotations
 import torch
 from flwr.app import ConfigRecord, Context, Message
 
+from clients.torch_client import client_model
 from fedft.config import Scenario
 from fedft.errors import ReplyError
-from fedft.models import initial_factors, load_peft_model
 from fedft.records import (
     ZO_CHECKPOINT_ROUND_KEY,
     ZO_HISTORY_KEY,
     factors_to_record,
     record_to_factors,
 )
+from fedft.trainable import initial_state
 from fedft.zo_history import decode_history, replay_history_
 
 STATE_FACTORS = "fedft-zo-factors"
@@ -33,8 +34,8 @@ def synced_factors(scenario: Scenario, context: Context, msg: Message) -> dict[s
         factors = record_to_factors(state.array_records[STATE_FACTORS])
         synced = int(state.config_records[STATE_SYNC]["round"])
     else:
-        model, _ = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
-        factors, synced = initial_factors(model), 0
+        model, _ = client_model(scenario, int(context.node_config["partition-id"]))
+        factors, synced = initial_state(model, scenario.zo.trainable_modules), 0
     if "arrays" in msg.content.array_records:
         factors = record_to_factors(msg.content.array_records["arrays"])
         synced = int(config[ZO_CHECKPOINT_ROUND_KEY])

@@ -198,6 +198,9 @@ class ZoSection:
     lr: float = 1e-3
     grad_encoding: Literal["int8", "fp32"] = "int8"
     grad_clip: float = 32.0
+    # Empty: perturb the LoRA factors. Else all weights of the modules with these names (e.g.
+    # ["lm_head"]); the run then outputs those weights (zo_weights.safetensors), not an adapter.
+    trainable_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check(0 < self.pool_size <= 2**32, "zo.pool_size", "must be in [1, 2**32]")
@@ -332,6 +335,23 @@ class Scenario:
                     pid not in seen, "client_groups.partitions", f"partition {pid} is listed twice"
                 )
                 seen.add(pid)
+
+        if self.zo.trainable_modules:
+            check(
+                self.federation.strategy == "zo",
+                "zo.trainable_modules",
+                "module weights can only be trained in a zo run (federation.strategy = 'zo')",
+            )
+            clients = [
+                self.client,
+                *(self.client_for(p) for g in self.client_groups for p in g.partitions),
+            ]
+            for c in clients:
+                check(
+                    c.quantization == "none" and c.backend != "ort",
+                    "zo.trainable_modules",
+                    "module weights need float torch clients (no quantization, no ort backend)",
+                )
 
     def client_for(self, partition_id: int) -> ClientConfig:
         """The client settings of one partition: ``[client]`` with its group's overrides."""

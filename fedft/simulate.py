@@ -56,6 +56,6 @@ def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
         backend_config=backend_config(scenario),
         verbose_logging=verbose,
     )
-    if not (run_dir / "adapter").is_dir():
-        raise RuntimeError(f"the simulation ended without writing {run_dir / 'adapter'}")
+    if not ((run_dir / "adapter").is_dir() or (run_dir / "zo_weights.safetensors").is_file()):
+        raise RuntimeError(f"the simulation ended without writing its output into {run_dir}")
     return run_dir

@@ -10,7 +10,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
-from fedft.adapters import get_factors, save_adapter, set_factors_
+from fedft.adapters import save_adapter
 from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.config import Scenario, read_toml
 from fedft.data import encode_examples
@@ -20,6 +20,7 @@ from fedft.records import factors_to_record, record_to_factors, scenario_to_conf
 from fedft.report import RunRecorder
 from fedft.task import federated_data
 from fedft.train import evaluate, select_device
+from fedft.trainable import initial_state, save_module_weights, set_trainable_
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.strategies.fedit import ClientLog, ClientUpdate, FedIT
 from server.strategies.lora_fair import LoraFair
@@ -86,11 +87,12 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
         recorder.client(server_round, update.node_id, metrics)
 
     strategy = build_strategy(scenario, on_client)
+    modules = scenario.zo.trainable_modules if scenario.federation.strategy == "zo" else ()
     device = select_device("auto")
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> None:
         started = time.perf_counter()
-        set_factors_(model, record_to_factors(arrays))
+        set_trainable_(model, record_to_factors(arrays), modules)
         result = evaluate(model, global_eval, scenario.train.batch_size * 4, device)
         metrics = {
             "eval_s": time.perf_counter() - started,
@@ -107,7 +109,7 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
         arrays, first = factors_to_record(ckpt.factors), ckpt.round + 1
         log.info("resuming %s after round %d", run_dir, ckpt.round)
     else:
-        arrays, first = factors_to_record(get_factors(model)), 1
+        arrays, first = factors_to_record(initial_state(model, modules)), 1
         evaluate_global(0, arrays)
     train_config = scenario_to_config(scenario)
     for server_round in range(first, scenario.federation.num_rounds + 1):
@@ -133,7 +135,10 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
             "no client reply was accepted in any round (see the log lines above): nothing trained"
         )
     final = record_to_factors(arrays)
-    save_adapter(model, final, run_dir / "adapter", _base_ref(scenario, run_dir))
+    if modules:
+        save_module_weights(final, run_dir / "zo_weights.safetensors")
+    else:
+        save_adapter(model, final, run_dir / "adapter", _base_ref(scenario, run_dir))
     recorder.finish()
     log.info("run folder: %s", run_dir)
     return run_dir

@@ -1,0 +1,52 @@
+"""Zeroth-order on all weights of chosen modules: client step, server rebuild, config checks."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clients.torch_client import client_model
+from clients.zo_client import train_round_zo
+from fedft.config import load_scenario
+from fedft.errors import ConfigError
+from fedft.trainable import initial_state, save_module_weights
+from fedft.zo_history import rebuild_factors
+from fedft.zo_wire import decode_zo_reply
+
+ZO = [
+    "federation.strategy='zo'",
+    "federation.num_clients=2",
+    "partition.method='iid'",
+    "zo.local_steps=6",
+    "zo.trainable_modules=['lm_head']",
+]
+
+
+def test_module_weights_step_and_rebuild_exactly(tmp_path):
+    scenario = load_scenario("simulations/default.toml", ZO)
+    model, _ = client_model(scenario, 0)
+    start = initial_state(model, ["lm_head"])
+    assert list(start) == ["base_model.model.lm_head.base_layer.weight"]
+    payload, end, metrics = train_round_zo(scenario, 0, 77, start, server_round=1)
+    reply = decode_zo_reply(payload, scenario.zo.pool_size, scenario.zo.local_steps)
+    assert len(payload) <= 6 + 64 and len(reply.records) == 6
+    rebuilt = rebuild_factors(start, reply.records, scenario.zo, scenario.run.seed, 1)
+    name = next(iter(start))
+    assert not torch.equal(end[name], start[name])  # the step moved the head
+    assert torch.equal(rebuilt[name], end[name])  # the server's rebuild is bit-exact
+    # the model's initial state is remembered, whatever later rounds did to the live weights
+    assert torch.equal(initial_state(model, ["lm_head"])[name], start[name])
+    saved = load_file(save_module_weights(end, tmp_path / "w.safetensors"))
+    assert list(saved) == ["lm_head.weight"] and torch.equal(saved["lm_head.weight"], end[name])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["federation.strategy='fedit'"],
+        ["client.quantization='nf4'"],
+        ["client_groups=[{partitions=[1], backend='ort'}]"],
+    ],
+)
+def test_module_weights_need_a_float_torch_zo_run(extra):
+    with pytest.raises(ConfigError, match="zo.trainable_modules"):
+        load_scenario("simulations/default.toml", [*ZO, *extra])
