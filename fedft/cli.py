@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedft.deploy import cli as deploy_cli
+from fedft.edge import cli as edge_cli
 from fedft.errors import FedftError
 from fedft.report import console_logging
 
@@ -49,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cmp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    deploy_cli.add_parsers(sub)
+    edge_cli.add_parser(sub)
     return parser
 
 
@@ -63,6 +67,9 @@ def _simulate(args: argparse.Namespace) -> int:
         overrides.append(f"run.resume_dir={json.dumps(str(args.resume))}")
     scenario = load_scenario(path, overrides)
     check_local_files(scenario)
+    from fedft.quantize import check_clients
+
+    check_clients(scenario)  # a quantization this machine cannot run fails here, not in a worker
     if args.resume is not None:
         from server.federation import check_same_scenario
 
@@ -108,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _simulate(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "edge":
+            return edge_cli.run(args)
+        if args.command in deploy_cli.COMMANDS:
+            return deploy_cli.run(args)
     except FedftError as err:
         print(f"fedft: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,265 @@
+"""TLS certificates and SuperNode keys for a deployment, made with ``cryptography``.
+
+``fedft certs`` writes, into one folder:
+
+========================  ==================================================================
+``ca.pem``                the certificate authority; every client gets a copy (``--certs``)
+``ca.key``                the CA's private key (mode 0600; keep it off the server if you can)
+``server.pem``            the SuperLink's certificate, signed by the CA, with a SAN per
+                          ``--host`` name and ``--ip`` address clients will dial
+``server.key``            the SuperLink's private key (mode 0600)
+``supernode-<i>.key``     with ``--supernodes N``: SuperNode *i*'s private key (OpenSSH, 0600)
+``supernode-<i>.pub``     its public key (OpenSSH), what ``flwr supernode register`` takes
+``supernodes.pub``        every ``supernode-*.pub``, one a line: ``fedft server --auth-keys``
+========================  ==================================================================
+
+An existing CA in the folder is reused, so clients that already trust it keep working when the
+server certificate is re-issued for new names; existing SuperNode keys are never overwritten.
+All keys are ECDSA on NIST P-384 (Flower's SuperNode authentication requires a NIST curve).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedft.errors import FedftError
+
+CA_CERT, CA_KEY = "ca.pem", "ca.key"
+SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
+SUPERNODES_PUB = "supernodes.pub"
+CA_DAYS = 3650
+
+
+class CertError(FedftError, ValueError):
+    """A certificate option or file is wrong (a bad IP, an unreadable CA, a missing file)."""
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    """What ``make_certs`` wrote (or reused) in one folder."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    supernode_keys: tuple[Path, ...] = ()
+    supernodes_pub: Path | None = None
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedft"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def make_ca(
+    common_name: str = "fedft CA", days: int = CA_DAYS
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA that may sign server certificates only (path length 0)."""
+    key = _new_key()
+    start = _now() - datetime.timedelta(minutes=5)  # tolerate small clock skew
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA384())
+    )
+    return key, cert
+
+
+def make_server_cert(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    hosts: list[str],
+    ips: list[str],
+    days: int = 365,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A TLS server certificate signed by the CA, valid for each host name and IP address.
+
+    Parameters
+    ----------
+    ca_key, ca_cert : the signing CA (from :func:`make_ca` or read back from disk).
+    hosts : DNS names clients dial (subjectAltName DNS entries); the first is the common name.
+    ips : IPv4 or IPv6 addresses clients dial (subjectAltName IP entries).
+    days : validity in days.
+    """
+    if not hosts and not ips:
+        raise CertError("`--host`/`--ip`: give at least one name or address clients will dial")
+    sans: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
+    sans += [x509.IPAddress(parse_ip(ip)) for ip in ips]
+    key = _new_key()
+    start = _now() - datetime.timedelta(minutes=5)
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(hosts[0] if hosts else ips[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA384())
+    )
+    return key, cert
+
+
+def make_supernode_key() -> tuple[bytes, bytes]:
+    """A SuperNode authentication key pair as (OpenSSH private key, OpenSSH public key line)."""
+    key = _new_key()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return private, public
+
+
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address, or a :class:`CertError` naming ``--ip``."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise CertError(f"`--ip`: {text!r} is not an IPv4 or IPv6 address") from None
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> None:
+    path.write_bytes(data)
+    if private:
+        os.chmod(path, 0o600)
+
+
+def _load_ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None:
+    cert_path, key_path = folder / CA_CERT, folder / CA_KEY
+    if not cert_path.is_file() and not key_path.is_file():
+        return None
+    if not (cert_path.is_file() and key_path.is_file()):
+        raise CertError(f"`--out`: {folder} has only one of {CA_CERT} and {CA_KEY}")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except ValueError as err:
+        raise CertError(f"`--out`: cannot reuse the CA in {folder}: {err}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertError(f"`--out`: {folder / CA_KEY} is not an EC key")
+    return key, cert
+
+
+def make_certs(
+    folder: Path, hosts: list[str], ips: list[str], supernodes: int = 0, days: int = 365
+) -> CertFiles:
+    """Write (or reuse) the CA, a server certificate and ``supernodes`` SuperNode key pairs."""
+    if supernodes < 0:
+        raise CertError(f"`--supernodes`: must be >= 0, got {supernodes}")
+    if days <= 0:
+        raise CertError(f"`--days`: must be > 0, got {days}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for ip in ips:
+        parse_ip(ip)
+    ca = _load_ca(folder)
+    if ca is None:
+        ca = make_ca()
+        _write(folder / CA_KEY, _key_pem(ca[0]), private=True)
+        _write(folder / CA_CERT, ca[1].public_bytes(serialization.Encoding.PEM))
+    key, cert = make_server_cert(ca[0], ca[1], hosts, ips, days)
+    _write(folder / SERVER_KEY, _key_pem(key), private=True)
+    _write(folder / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    keys = []
+    for i in range(supernodes):
+        private_path = folder / f"supernode-{i}.key"
+        if not private_path.is_file():
+            private, public = make_supernode_key()
+            _write(private_path, private, private=True)
+            _write(private_path.with_suffix(".pub"), public + b"\n")
+        keys.append(private_path)
+    pubs = sorted(folder.glob("supernode-*.pub"))
+    listing = None
+    if pubs:
+        listing = folder / SUPERNODES_PUB
+        listing.write_text("".join(p.read_text().strip() + "\n" for p in pubs))
+    return CertFiles(
+        folder / CA_CERT, folder / SERVER_CERT, folder / SERVER_KEY, tuple(keys), listing
+    )
+
+
+def server_names(cert_path: Path) -> list[str]:
+    """The DNS names, then IP addresses, a server certificate is valid for."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return sans.get_values_for_type(x509.DNSName) + [
+        str(ip) for ip in sans.get_values_for_type(x509.IPAddress)
+    ]

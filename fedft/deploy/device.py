@@ -1,0 +1,113 @@
+"""``fedft client``: a Flower SuperNode that runs fedft's ClientApp on this device.
+
+The SuperNode dials the server's Fleet API over gRPC (TLS with the server's CA unless
+``--insecure``), optionally proves its identity with a registered key, and hands the ClientApp
+its node config. These keys are what the ClientApp reads from ``context.node_config``:
+
+================  =================================================================
+``partition-id``   this device's client index in the scenario (``--partition-id``)
+``num-partitions`` how many clients the scenario has (``--num-partitions``)
+``backend``        ``torch``, ``ort`` or ``zo``: overrides the scenario's for this node
+``data-path``      an absolute path to this device's own data file (``--data``)
+================  =================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+from fedft.config import BACKENDS
+from fedft.deploy.certs import CA_CERT, CertError
+from fedft.deploy.processes import ProcessError, flower_env, start, stop, supernode_command
+from fedft.errors import ConfigError
+
+log = logging.getLogger("fedft")
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """What ``fedft client`` was asked for."""
+
+    server: str
+    certs: Path
+    insecure: bool
+    partition_id: int
+    num_partitions: int
+    backend: str | None
+    data: Path | None
+    auth_key: Path | None
+    runtime_port: int
+    max_wait_s: float | None
+
+
+def ca_cert(certs: Path) -> Path:
+    """The CA certificate: ``certs`` itself (a ``.pem`` file), or ``certs/ca.pem``."""
+    path = certs if certs.is_file() or certs.suffix == ".pem" else certs / CA_CERT
+    if not path.is_file():
+        raise CertError(
+            f"`--certs`: no CA certificate at {path} (copy the server's ca.pem here, "
+            "or join a server started with --insecure using --insecure)"
+        )
+    return path.resolve()
+
+
+def check_auth_key(path: Path) -> Path:
+    """A SuperNode private key as Flower reads it (OpenSSH, EC on a NIST curve)."""
+    try:
+        key = load_ssh_private_key(path.read_bytes(), None)
+    except OSError:
+        raise CertError(f"`--auth-key`: no key file {path}") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise CertError(f"`--auth-key`: {path} is not an OpenSSH private key: {err}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertError(f"`--auth-key`: {path} is not an EC key (make one with fedft certs)")
+    return path.resolve()
+
+
+def node_config(opts: ClientOptions) -> dict[str, int | str]:
+    """The SuperNode's ``--node-config`` entries (see the module docstring)."""
+    if not 0 <= opts.partition_id < opts.num_partitions:
+        raise ConfigError(
+            "--partition-id", f"must be in [0, {opts.num_partitions}), got {opts.partition_id}"
+        )
+    entries: dict[str, int | str] = {
+        "partition-id": opts.partition_id,
+        "num-partitions": opts.num_partitions,
+    }
+    if opts.backend is not None:
+        if opts.backend not in BACKENDS:
+            raise ConfigError("--backend", f"expected one of {BACKENDS}, got {opts.backend!r}")
+        entries["backend"] = opts.backend
+    if opts.data is not None:
+        if not opts.data.is_file():
+            raise ConfigError("--data", f"no data file at {opts.data}")
+        entries["data-path"] = str(opts.data.resolve())
+    return entries
+
+
+def join(opts: ClientOptions) -> int:
+    """Run the SuperNode until it exits or this process is stopped; return its exit code."""
+    entries = node_config(opts)
+    ca = None if opts.insecure else ca_cert(opts.certs)
+    key = check_auth_key(opts.auth_key) if opts.auth_key is not None else None
+    if key is not None and ca is None:
+        raise CertError("`--auth-key`: SuperNode authentication needs TLS: drop --insecure")
+    cmd = supernode_command(opts.server, ca, entries, opts.runtime_port, key, opts.max_wait_s)
+    mode = "TLS" if ca is not None else "INSECURE, no TLS"
+    log.info("fedft: joining %s (gRPC, %s) as partition %d", opts.server, mode, opts.partition_id)
+    supernode = start(cmd, flower_env())
+    try:
+        code = supernode.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop(supernode)
+    if code != 0:
+        raise ProcessError(f"the SuperNode exited with code {code} (its log is above)")
+    return 0
