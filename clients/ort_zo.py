@@ -42,7 +42,9 @@ def train_round_zo(
     bundle = edge_bundle(scenario)
     model = forward_model(bundle.file(FORWARD_MODEL), scenario.simulation.threads_per_client)
     train_set, _ = client_datasets(scenario, partition_id)
-    factors = {k: v.detach().cpu().numpy().astype(np.float32, copy=True) for k, v in start_factors.items()}
+    factors = {
+        k: v.detach().cpu().numpy().astype(np.float32, copy=True) for k, v in start_factors.items()
+    }
     pool = seed_pool(scenario.run.seed, server_round, zo.pool_size)
     pool_id = seed_pool_id(scenario.run.seed, server_round, zo.pool_size)
     indices = derived_seed_indices(pool_id, server_round, node_id, zo.local_steps, zo.pool_size)
