@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -23,7 +25,32 @@ app = ClientApp()
 def _setup(msg: Message, context: Context) -> tuple[Scenario, int]:
     scenario = config_to_scenario(msg.content["config"])
     torch.set_num_threads(scenario.simulation.threads_per_client)
-    return scenario, int(context.node_config["partition-id"])
+    partition_id = int(context.node_config["partition-id"])
+    data_path = str(context.node_config.get("data-path", ""))  # `fedft client --data FILE`
+    if data_path:
+        return own_data_scenario(scenario, partition_id, data_path), 0
+    return scenario, partition_id
+
+
+def own_data_scenario(scenario: Scenario, partition_id: int, data_path: str) -> Scenario:
+    """The scenario as seen by a device that trains on its own file instead of a partition.
+
+    The device's file (JSON Lines or CSV, by suffix, read with the scenario's field names) is its
+    whole federation of one: a slice is held out for evaluation as usual, the rest is its training
+    data. Model, LoRA, training and zo settings are the server's; client settings are this
+    partition's.
+    """
+    source = "csv" if data_path.lower().endswith(".csv") else "jsonl"
+    return dataclasses.replace(
+        scenario,
+        data=dataclasses.replace(scenario.data, source=source, path=data_path, max_examples=0),
+        partition=dataclasses.replace(scenario.partition, method="iid"),
+        federation=dataclasses.replace(
+            scenario.federation, num_clients=1, min_train_clients=1, fraction_train=1.0
+        ),
+        client=scenario.client_for(partition_id),
+        client_groups=(),
+    )
 
 
 @app.train()
