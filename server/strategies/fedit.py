@@ -77,6 +77,7 @@ class FedIT(FedAvg):
         self.current_round = 0
         self.global_factors: dict[str, torch.Tensor] = {}
         self.bytes_down: dict[int, int] = {}
+        self.sent: list[Message] = []
         self.round_metrics: dict[str, float] = {}  # strategy-specific metrics of the last round
 
     def state(self) -> dict:
@@ -94,7 +95,15 @@ class FedIT(FedAvg):
         self.global_factors = record_to_factors(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.bytes_down = {m.metadata.dst_node_id: record_nbytes(arrays) for m in messages}
+        self.sent = messages
         return messages
+
+    def destination(self, reply: Message) -> int:
+        """The node an instruction went to; an error reply comes from the SuperLink, not it."""
+        for sent in self.sent:  # message ids are set when the Grid pushes the instructions
+            if sent.metadata.message_id == reply.metadata.reply_to_message_id:
+                return sent.metadata.dst_node_id
+        return reply.metadata.src_node_id
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -104,6 +113,7 @@ class FedIT(FedAvg):
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
+                node = self.destination(msg)
                 log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
                 continue
             try:

@@ -81,6 +81,7 @@ class ZoStrategy(FedIT):
                 node_config[ZO_CHECKPOINT_ROUND_KEY] = server_round - 1
                 self.bytes_down[node] = record_nbytes(arrays)
             messages.append(Message(content, node, MessageType.TRAIN))
+        self.sent = messages
         return messages
 
     def parse_reply(self, msg: Message) -> ClientUpdate:
