@@ -25,7 +25,7 @@ from fedft.edge.bundle import FORWARD_MODEL, TOKENIZER, EdgeBundle, open_bundle
 from fedft.edge.cache import ensure_bundle
 from fedft.edge.ort_train import train_steps
 from fedft.edge.ort_zo import ForwardModel, evaluate_forward
-from fedft.task import federated_data
+from fedft.task import batch_seed, federated_data
 from fedft.train import EvalResult
 
 BUNDLE_ENV = "FEDFT_EDGE_BUNDLE"
@@ -94,7 +94,7 @@ def train_round(
     bundle = edge_bundle(scenario)
     train_set, eval_set = client_datasets(scenario, partition_id)
     cfg, threads = scenario.train, scenario.simulation.threads_per_client
-    seed = scenario.run.seed * 1_000_003 + server_round * 1_009 + partition_id  # as torch's
+    seed = batch_seed(scenario, server_round, partition_id)  # as torch's
     batches = train_set.batches(cfg.batch_size, seed=seed, steps=cfg.local_steps)
     started = time.perf_counter()
     result = train_steps(

@@ -15,12 +15,10 @@ import numpy as np
 import torch
 
 from clients.ort_client import client_datasets, edge_bundle, forward_model
-from fedft.adapters import factors_digest
-from fedft.algorithms.zo import derived_seed_indices, seed_pool, seed_pool_id
+from clients.zo_round import plan_round, reply
 from fedft.config import Scenario
 from fedft.edge.bundle import FORWARD_MODEL
 from fedft.edge.ort_zo import ort_spsa_steps
-from fedft.zo_wire import encode_zo_reply
 
 
 def train_round_zo(
@@ -45,39 +43,27 @@ def train_round_zo(
     factors = {
         k: v.detach().cpu().numpy().astype(np.float32, copy=True) for k, v in start_factors.items()
     }
-    pool = seed_pool(scenario.run.seed, server_round, zo.pool_size)
-    pool_id = seed_pool_id(scenario.run.seed, server_round, zo.pool_size)
-    indices = derived_seed_indices(pool_id, server_round, node_id, zo.local_steps, zo.pool_size)
-    batch_seed = scenario.run.seed * 1_000_003 + server_round * 1_009 + partition_id
+    plan = plan_round(scenario, partition_id, node_id, server_round)
     batches = (
         {k: v.numpy() for k, v in batch.items()}
         for batch in train_set.batches(
-            scenario.train.batch_size, seed=batch_seed, steps=zo.local_steps
+            scenario.train.batch_size, seed=plan.batch_seed, steps=zo.local_steps
         )
     )
     started = time.perf_counter()
     records, losses = ort_spsa_steps(
-        model, factors, batches, pool, indices, eps=zo.eps, lr=zo.lr, grad_scale=zo.grad_scale
-    )
-    train_s = time.perf_counter() - started
-    payload = encode_zo_reply(
-        records,
-        pool_id=pool_id,
-        round=server_round,
-        node_id=node_id,
-        pool_size=zo.pool_size,
-        grad_encoding=zo.grad_encoding,
-        seed_choice="derived",
+        model,
+        factors,
+        batches,
+        plan.pool,
+        plan.indices,
+        eps=zo.eps,
+        lr=zo.lr,
         grad_scale=zo.grad_scale,
     )
+    train_s = time.perf_counter() - started
     end_factors = {name: torch.from_numpy(a) for name, a in factors.items()}
-    metrics = {
-        "start_digest": float(factors_digest(start_factors)),
-        "end_digest": float(factors_digest(end_factors)),
-        "train_loss": sum(losses) / max(len(losses), 1),
-        "num-examples": float(len(train_set)),
-        "examples": float(len(train_set)),
-        "steps": float(len(records)),
-        "train_s": train_s,
-    }
+    payload, metrics = reply(
+        plan, records, losses, start_factors, end_factors, len(train_set), train_s
+    )
     return payload, end_factors, metrics

@@ -15,7 +15,7 @@ from fedft.config import Scenario
 from fedft.data import EncodedDataset, encode_examples
 from fedft.models import load_peft_model
 from fedft.quantize import base_weight_bytes
-from fedft.task import federated_data
+from fedft.task import batch_seed, federated_data
 from fedft.train import EvalResult, evaluate, select_device, train_local
 
 
@@ -63,7 +63,7 @@ def train_round(
     train_set, eval_set = client_datasets(scenario, partition_id)
     device = select_device(scenario.client_for(partition_id).device)
     set_factors_(model, global_factors)
-    seed = scenario.run.seed * 1_000_003 + server_round * 1_009 + partition_id
+    seed = batch_seed(scenario, server_round, partition_id)
     started = time.perf_counter()
     result = train_local(model, train_set, scenario.train, seed, device)
     train_s = time.perf_counter() - started

@@ -14,18 +14,14 @@ from collections.abc import Mapping
 import torch
 
 from clients.torch_client import client_datasets, client_model
-from fedft.adapters import factors_digest
+from clients.zo_round import plan_round, reply
 from fedft.algorithms.zo import (
     ZoRecord,
-    derived_seed_indices,
-    seed_pool,
-    seed_pool_id,
     spsa_step_,
 )
 from fedft.config import Scenario
 from fedft.train import select_device
 from fedft.trainable import initial_state, set_trainable_, trainable_params, trainable_state
-from fedft.zo_wire import encode_zo_reply
 
 
 def zo_layout(factors: Mapping[str, torch.Tensor]) -> list[str]:
@@ -57,14 +53,13 @@ def train_round_zo(
     initial_state(model, modules)  # captured before any step touches the shared model
     set_trainable_(model, start_factors, modules)
     params = trainable_params(model, zo_layout(start_factors), modules)
-    pool = seed_pool(scenario.run.seed, server_round, zo.pool_size)
-    pool_id = seed_pool_id(scenario.run.seed, server_round, zo.pool_size)
-    indices = derived_seed_indices(pool_id, server_round, node_id, zo.local_steps, zo.pool_size)
-    batch_seed = scenario.run.seed * 1_000_003 + server_round * 1_009 + partition_id
-    batches = train_set.batches(scenario.train.batch_size, seed=batch_seed, steps=zo.local_steps)
+    plan = plan_round(scenario, partition_id, node_id, server_round)
+    batches = train_set.batches(
+        scenario.train.batch_size, seed=plan.batch_seed, steps=zo.local_steps
+    )
     records, losses = [], []
     started = time.perf_counter()
-    for index, batch in zip(indices, batches, strict=True):
+    for index, batch in zip(plan.indices, batches, strict=True):
         batch = {k: v.to(device) for k, v in batch.items()}
 
         def loss_fn(batch: dict = batch) -> float:
@@ -72,26 +67,13 @@ def train_round_zo(
             losses.append(value)
             return value
 
-        grad = spsa_step_(params, loss_fn, pool[index], zo.eps, zo.lr, grad_scale=zo.grad_scale)
+        grad = spsa_step_(
+            params, loss_fn, plan.pool[index], zo.eps, zo.lr, grad_scale=zo.grad_scale
+        )
         records.append(ZoRecord(index, grad))
     train_s = time.perf_counter() - started
-    payload = encode_zo_reply(
-        records,
-        pool_id=pool_id,
-        round=server_round,
-        node_id=node_id,
-        pool_size=zo.pool_size,
-        grad_encoding=zo.grad_encoding,
-        seed_choice="derived",
-        grad_scale=zo.grad_scale,
-    )
-    metrics = {
-        "start_digest": float(factors_digest(start_factors)),
-        "end_digest": float(factors_digest(trainable_state(model, modules))),
-        "train_loss": sum(losses) / max(len(losses), 1),
-        "num-examples": float(len(train_set)),
-        "examples": float(len(train_set)),
-        "steps": float(len(records)),
-        "train_s": train_s,
-    }
-    return payload, trainable_state(model, modules), metrics
+    end = trainable_state(model, modules)
+    if modules:  # the base is shared by every client of this process: give it back untouched
+        set_trainable_(model, initial_state(model, modules), modules)
+    payload, metrics = reply(plan, records, losses, start_factors, end, len(train_set), train_s)
+    return payload, end, metrics

@@ -91,6 +91,11 @@ def split_clients(scenario: Scenario, examples: list[Example]) -> FederatedData:
     return FederatedData(tuple(global_eval), tuple(train), tuple(evals))
 
 
+def batch_seed(scenario: Scenario, server_round: int, partition_id: int) -> int:
+    """Seed of a client's batch order in a round: the same whatever the client's runtime."""
+    return scenario.run.seed * 1_000_003 + server_round * 1_009 + partition_id
+
+
 @functools.cache
 def federated_data(scenario: Scenario) -> FederatedData:
     """The scenario's splits, computed once per process."""

@@ -33,7 +33,9 @@ def test_module_weights_step_and_rebuild_exactly(tmp_path):
     name = next(iter(start))
     assert not torch.equal(end[name], start[name])  # the step moved the head
     assert torch.equal(rebuilt[name], end[name])  # the server's rebuild is bit-exact
-    # the model's initial state is remembered, whatever later rounds did to the live weights
+    # the shared base is given back untouched, and its initial state is remembered
+    live = dict(model.named_parameters())[name]
+    assert torch.equal(live.detach(), start[name])
     assert torch.equal(initial_state(model, ["lm_head"])[name], start[name])
     saved = load_file(save_module_weights(end, tmp_path / "w.safetensors"))
     assert list(saved) == ["lm_head.weight"] and torch.equal(saved["lm_head.weight"], end[name])

@@ -1,0 +1,79 @@
+"""One zo client round as the server announced it, shared by the torch and ONNX Runtime clients.
+
+Both runtimes take the same seeds (the round's pool, per-step indices derived from the node id),
+the same batches, and reply with the same message and metrics: only the forward pass differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fedft.adapters import factors_digest
+from fedft.algorithms.zo import ZoRecord, derived_seed_indices, seed_pool, seed_pool_id
+from fedft.config import Scenario
+from fedft.task import batch_seed
+from fedft.zo_wire import encode_zo_reply
+
+
+@dataclass(frozen=True)
+class ZoRound:
+    """A node's round: the seed pool, each local step's seed index, the batch order's seed."""
+
+    scenario: Scenario
+    node_id: int
+    server_round: int
+    pool: list[int]
+    pool_id: int
+    indices: list[int]
+    batch_seed: int
+
+
+def plan_round(scenario: Scenario, partition_id: int, node_id: int, server_round: int) -> ZoRound:
+    """Derive the round's seeds (no index travels on the wire: ``seed_choice = "derived"``)."""
+    zo, seed = scenario.zo, scenario.run.seed
+    pool_id = seed_pool_id(seed, server_round, zo.pool_size)
+    return ZoRound(
+        scenario=scenario,
+        node_id=node_id,
+        server_round=server_round,
+        pool=seed_pool(seed, server_round, zo.pool_size),
+        pool_id=pool_id,
+        indices=derived_seed_indices(pool_id, server_round, node_id, zo.local_steps, zo.pool_size),
+        batch_seed=batch_seed(scenario, server_round, partition_id),
+    )
+
+
+def reply(
+    plan: ZoRound,
+    records: Sequence[ZoRecord],
+    losses: Sequence[float],
+    start: Mapping[str, torch.Tensor],
+    end: Mapping[str, torch.Tensor],
+    num_examples: int,
+    train_s: float,
+) -> tuple[bytes, dict[str, float]]:
+    """The encoded ``fedft.v1.ZoReply`` and the round's metrics (with start/end digests)."""
+    zo = plan.scenario.zo
+    payload = encode_zo_reply(
+        records,
+        pool_id=plan.pool_id,
+        round=plan.server_round,
+        node_id=plan.node_id,
+        pool_size=zo.pool_size,
+        grad_encoding=zo.grad_encoding,
+        seed_choice="derived",
+        grad_scale=zo.grad_scale,
+    )
+    metrics = {
+        "start_digest": float(factors_digest(start)),
+        "end_digest": float(factors_digest(end)),
+        "train_loss": sum(losses) / max(len(losses), 1),
+        "num-examples": float(num_examples),
+        "examples": float(num_examples),
+        "steps": float(len(records)),
+        "train_s": train_s,
+    }
+    return payload, metrics
