@@ -20,12 +20,12 @@ import torch
 from transformers import AutoTokenizer
 
 from fedft.config import Scenario
-from fedft.data import EncodedDataset, encode_examples
+from fedft.data import EncodedDataset
 from fedft.edge.bundle import FORWARD_MODEL, TOKENIZER, EdgeBundle, open_bundle
 from fedft.edge.cache import ensure_bundle
 from fedft.edge.ort_train import train_steps
 from fedft.edge.ort_zo import ForwardModel, evaluate_forward
-from fedft.task import batch_seed, federated_data
+from fedft.task import batch_seed, encode_partition
 from fedft.train import EvalResult
 
 BUNDLE_ENV = "FEDFT_EDGE_BUNDLE"
@@ -55,20 +55,8 @@ def forward_model(path: Path, threads: int) -> ForwardModel:
 @functools.cache
 def client_datasets(scenario: Scenario, partition_id: int) -> tuple[EncodedDataset, EncodedDataset]:
     """The partition's encoded train and eval sets (the bundle's tokenizer), once per process."""
-    data = federated_data(scenario)
-    if not 0 <= partition_id < len(data.client_train):
-        raise ValueError(
-            f"partition-id {partition_id} is outside [0, {len(data.client_train)}) of the scenario"
-        )
     tokenizer = AutoTokenizer.from_pretrained(edge_bundle(scenario).file(TOKENIZER))
-    cfg = scenario.data
-
-    def encode(examples: tuple) -> EncodedDataset:
-        return encode_examples(
-            list(examples), tokenizer, cfg.max_length, template=cfg.template, chat=cfg.chat
-        )
-
-    return encode(data.client_train[partition_id]), encode(data.client_eval[partition_id])
+    return encode_partition(scenario, partition_id, tokenizer)
 
 
 def _numpy_batches(batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[str, np.ndarray]]:

@@ -12,10 +12,10 @@ from transformers import PreTrainedTokenizerBase
 
 from fedft.adapters import get_factors, set_factors_
 from fedft.config import Scenario
-from fedft.data import EncodedDataset, encode_examples
+from fedft.data import EncodedDataset
 from fedft.models import load_peft_model
 from fedft.quantize import base_weight_bytes
-from fedft.task import batch_seed, federated_data
+from fedft.task import batch_seed, encode_partition
 from fedft.train import EvalResult, evaluate, select_device, train_local
 
 
@@ -36,20 +36,8 @@ def client_model(
 @functools.cache
 def client_datasets(scenario: Scenario, partition_id: int) -> tuple[EncodedDataset, EncodedDataset]:
     """The partition's encoded train and eval sets, built once per process."""
-    data = federated_data(scenario)
-    if not 0 <= partition_id < len(data.client_train):
-        raise ValueError(
-            f"partition-id {partition_id} is outside [0, {len(data.client_train)}) of the scenario"
-        )
     _, tokenizer = client_model(scenario, partition_id)
-    cfg = scenario.data
-
-    def encode(examples: tuple) -> EncodedDataset:
-        return encode_examples(
-            list(examples), tokenizer, cfg.max_length, template=cfg.template, chat=cfg.chat
-        )
-
-    return encode(data.client_train[partition_id]), encode(data.client_eval[partition_id])
+    return encode_partition(scenario, partition_id, tokenizer)
 
 
 def train_round(

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedft import partition
 from fedft.config import DataConfig, Scenario
 from fedft.data import (
+    EncodedDataset,
     Example,
     builtin_task,
     chatterbot_examples,
+    encode_examples,
     read_csv,
     read_jsonl,
     rotten_tomatoes_examples,
 )
 from fedft.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,25 @@ def split_clients(scenario: Scenario, examples: list[Example]) -> FederatedData:
 def batch_seed(scenario: Scenario, server_round: int, partition_id: int) -> int:
     """Seed of a client's batch order in a round: the same whatever the client's runtime."""
     return scenario.run.seed * 1_000_003 + server_round * 1_009 + partition_id
+
+
+def encode_partition(
+    scenario: Scenario, partition_id: int, tokenizer: PreTrainedTokenizerBase
+) -> tuple[EncodedDataset, EncodedDataset]:
+    """A client's train and eval examples as token tensors (any runtime, its own tokenizer)."""
+    data, cfg = federated_data(scenario), scenario.data
+    if not 0 <= partition_id < len(data.client_train):
+        raise ConfigError(
+            "partition-id",
+            f"{partition_id} is outside [0, {len(data.client_train)}) of the scenario's clients",
+        )
+
+    def encode(examples: tuple[Example, ...]) -> EncodedDataset:
+        return encode_examples(
+            list(examples), tokenizer, cfg.max_length, template=cfg.template, chat=cfg.chat
+        )
+
+    return encode(data.client_train[partition_id]), encode(data.client_eval[partition_id])
 
 
 @functools.cache
