@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedft.algorithms.lora_fair import LoraFairConfig, correct_module, lora_fair_aggregate
+from fedft.algorithms.lora_fair import LoraFairConfig, correct_module
+from fedft.algorithms.lora_fair_state import lora_fair_aggregate
 from tests.unit.test_lora_fair import dense_reference
 
 D = K = 4096

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 
 import torch
 
-from fedft.algorithms.lora_fair import LoraFairConfig, lora_fair_aggregate
+from fedft.algorithms.lora_fair import LoraFairConfig
+from fedft.algorithms.lora_fair_state import lora_fair_aggregate
 from server.strategies.fedit import ClientUpdate, FedIT
 
 log = logging.getLogger("fedft.server")

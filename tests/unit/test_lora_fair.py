@@ -10,8 +10,8 @@ from fedft.algorithms.lora_fair import (
     LoraFairError,
     correct_module,
     factor_products,
-    lora_fair_aggregate,
 )
+from fedft.algorithms.lora_fair_state import lora_fair_aggregate
 
 F64 = torch.float64
 
