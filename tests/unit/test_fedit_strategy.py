@@ -76,3 +76,18 @@ def test_wrong_dtype_is_rejected(dtype, caplog):
     with caplog.at_level(logging.WARNING, logger="fedft.server"):
         arrays, _ = strategy.aggregate_train(1, [_reply(31, reply)])
     assert arrays is None and "dtype" in caplog.text and "node 31" in caplog.text
+
+
+def test_an_error_reply_names_the_node_the_instruction_went_to(caplog):
+    from flwr.app import Error
+
+    strategy = _strategy([])
+    instruction = Message(RecordDict({"config": ConfigRecord()}), 7, MessageType.TRAIN)
+    instruction.metadata.__dict__["_message_id"] = "m7"  # as the Grid sets when it pushes
+    strategy.sent = [instruction]
+    error = Message(Error(code=0, reason="NODE_UNAVAILABLE"), reply_to=instruction)
+    error.metadata.__dict__["_src_node_id"] = 1  # error replies come from the SuperLink
+    with caplog.at_level(logging.WARNING, logger="fedft.server"):
+        arrays, _ = strategy.aggregate_train(1, [error])
+    assert arrays is None
+    assert "node 7 failed: NODE_UNAVAILABLE" in caplog.text and "node 1 " not in caplog.text
