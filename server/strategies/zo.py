@@ -67,13 +67,17 @@ class ZoStrategy(FedIT):
             grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes)
         )
         messages, self.bytes_down = [], {}
+        encoded: dict[int, bytes] = {}  # nodes synced to the same round get the same bytes
         for node in node_ids:
-            missed = [h for h in self.history if h.round > self.synced.get(node, 0)]
+            synced = self.synced.get(node, 0)
+            missed = [h for h in self.history if h.round > synced]
             entries = sum(len(h.aggregate) for h in missed)
             node_config = ConfigRecord({**config, "server-round": server_round})
             content = RecordDict({"config": node_config})
             if prefer_replay(entries, self.zo.pool_size, numel):
-                history = encode_history(missed, self.run_seed) if missed else b""
+                if synced not in encoded:
+                    encoded[synced] = encode_history(missed, self.run_seed) if missed else b""
+                history = encoded[synced]
                 node_config[ZO_HISTORY_KEY] = history
                 self.bytes_down[node] = len(history)
             else:
