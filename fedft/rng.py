@@ -12,9 +12,11 @@ neither, so ``z`` is defined here with 32-bit integer arithmetic only (generator
     z_i = +1 if bit (i mod 32) of word(i >> 5) is 0, else -1               (bit 0 = LSB)
 
 (uint32 wrap-around arithmetic, logical shifts; ``mix32`` is Thomas Mueller's integer hash and a
-bijection, so ``(s0, s1) -> (k1, k2)`` is one too.) One hash yields 32 signs. The uint32 values are
-held in int64 here: every product is below ``2**32 * 0x045D9F3B < 2**59``, so nothing overflows in
-numpy or torch, on CPU or CUDA.
+bijection, so ``(s0, s1) -> (k1, k2)`` is one too.) One hash yields 32 signs. The numpy reference
+holds the uint32 values in int64 (every product is below ``2**32 * 0x045D9F3B < 2**59``, so nothing
+overflows) and masks them; torch holds them in int32, whose wrap-around add, multiply and xor give
+the same bits at half the memory traffic (checked against the reference and the committed test
+vectors in ``tests/unit/test_rng.py``).
 
 A *layout* is the ordered list of trainable tensors; element ``j`` of tensor ``t`` (row-major) has
 the global index ``offset_t + j``, with ``offset_t`` the total size of the tensors before it.
@@ -23,6 +25,7 @@ the global index ``offset_t + j``, with ``offset_t`` the total size of the tenso
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -163,13 +166,30 @@ def rademacher_numpy(seed: int, start: int, count: int) -> np.ndarray:
     return out
 
 
+def _int32(value: int) -> int:
+    """The int32 whose two's-complement bits are the uint32 ``value``."""
+    value &= MASK32
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _low_bytes_first(memory: torch.Tensor, byteorder: str) -> torch.Tensor:
+    """The bytes of 32-bit words, low byte first, from their in-memory uint8 view."""
+    if byteorder == "little":
+        return memory
+    return memory.view(-1, 4).flip(1).reshape(-1)
+
+
 class _SignStream:
     """Reusable buffers that turn hash words into signs, one chunk at a time (torch, any device).
 
-    For a chunk of ``n`` elements the extra memory is ``n`` bytes of int8 signs, ``4 n`` bytes of
-    float32 signs and ``n / 2`` bytes of int64 words and byte indices. Per chunk: 17 integer ops on
-    ``n / 32`` words, 2 on ``n / 8`` byte indices, a gather of 8 signs per byte from a 2 KiB table,
-    an int8 -> float32 copy and the add: about 2.2x a plain ``w.add_(u)`` on one CPU thread
+    The uint32 words are held in int32 tensors: addition, multiplication and xor of two's-complement
+    int32 give the uint32 result's bits (wrap-around), and a logical right shift is an arithmetic
+    one masked to the bits shifted in. The 4 bytes of each word are read through a little-endian
+    uint8 view (byte ``j`` holds elements ``32 w + 8 j ..``), then each byte picks its 8 int8 signs
+    from a 2 KiB table. For a chunk of ``n`` elements the extra memory is ``n`` bytes of int8
+    signs, ``4 n`` bytes of float32 signs and ``n / 4`` bytes of words and byte indices. Per chunk:
+    15 int32 ops on ``n / 32`` words, a byte-to-index copy and a gather on ``n / 8`` bytes, an int8
+    -> float32 copy and the add: about 1.6x a plain ``w.add_(u)`` on one CPU thread
     (``benchmarks/zo_perturb.py``), against about 15x for ``torch.randn`` + ``add_``.
     """
 
@@ -178,11 +198,10 @@ class _SignStream:
     def __init__(self, chunk: int, device: torch.device) -> None:
         words = chunk // 32 + 2
         self.device = device
-        self.counter = torch.arange(words, dtype=torch.int64, device=device)
-        self.x = torch.empty(words, dtype=torch.int64, device=device)
-        self.tmp = torch.empty(words, dtype=torch.int64, device=device)
-        self.shifts = torch.arange(0, 32, 8, device=device)  # the 4 bytes of a word, low first
-        self.bytes = torch.empty(words, 4, dtype=torch.int64, device=device)
+        self.counter = torch.arange(words, dtype=torch.int32, device=device)
+        self.x = torch.empty(words, dtype=torch.int32, device=device)
+        self.tmp = torch.empty(words, dtype=torch.int32, device=device)
+        self.byte_index = torch.empty(4 * words, dtype=torch.int32, device=device)
         self.signs = torch.empty(32 * words, dtype=torch.int8, device=device)
         self.float_signs: torch.Tensor | None = None
 
@@ -200,8 +219,10 @@ class _SignStream:
         return cls._tables[device]
 
     def _xorshift16_(self, x: torch.Tensor) -> None:
+        """``x ^= x >> 16`` with a logical shift of the uint32 held in ``x``."""
         tmp = self.tmp[: x.numel()]
         torch.bitwise_right_shift(x, 16, out=tmp)
+        tmp &= 0xFFFF
         x ^= tmp
 
     def int8(self, keys: tuple[int, int], start: int, count: int) -> torch.Tensor:
@@ -210,23 +231,18 @@ class _SignStream:
         lead, first_word = start & 31, start >> 5
         words = (lead + count + 31) >> 5
         x = self.x[:words]
-        torch.add(self.counter[:words], first_word & MASK32, out=x)  # w0
-        x ^= _first_key(k1, first_word)
+        torch.add(self.counter[:words], _int32(first_word), out=x)  # w0, below 2**32 in a block
+        x ^= _int32(_first_key(k1, first_word))
         x.mul_(MIX_MULTIPLIER)
-        x &= MASK32
-        x ^= k2
+        x ^= _int32(k2)
         for _ in range(2):  # mix32
             self._xorshift16_(x)
             x.mul_(MIX_MULTIPLIER)
-            x &= MASK32
         self._xorshift16_(x)
-        byte_values = self.bytes[:words]  # (words, 4): byte j of word w holds elements 32w + 8j..
-        torch.bitwise_right_shift(x.unsqueeze(1), self.shifts, out=byte_values)
-        byte_values &= 0xFF
+        byte_index = self.byte_index[: 4 * words]
+        byte_index.copy_(_low_bytes_first(x.view(torch.uint8), sys.byteorder))
         signs = self.signs[: 32 * words]
-        torch.index_select(
-            self.table(self.device), 0, byte_values.view(-1), out=signs.view(-1).view(torch.int64)
-        )
+        torch.index_select(self.table(self.device), 0, byte_index, out=signs.view(torch.int64))
         return signs[lead : lead + count]
 
     def add_(self, target: torch.Tensor, signs: torch.Tensor, scale32: float) -> None:

@@ -1,6 +1,7 @@
 """The portable perturbation generator: spec, numpy == torch, test vectors, perturbation passes."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,15 @@ def test_perturb_rejects_bad_tensors_and_arguments():
         rademacher_numpy(0, -1, 3)
     with pytest.raises(PerturbationError, match="count"):
         rademacher_torch(0, 2**62, 1)
+
+
+def test_word_bytes_come_low_byte_first_on_either_byte_order():
+    from fedft.rng import _low_bytes_first
+
+    words = torch.tensor([0x04030201, -0x10000000 | 0x0D0C0B], dtype=torch.int32)
+    little = words.view(torch.uint8)  # this machine's memory
+    big = little.view(-1, 4).flip(1).reshape(-1)  # the same words in a big-endian machine's memory
+    expected = [0x01, 0x02, 0x03, 0x04, 0x0B, 0x0C, 0x0D, 0xF0]
+    if sys.byteorder == "little":
+        assert _low_bytes_first(little, "little").tolist() == expected
+    assert _low_bytes_first(big, "big").tolist() == expected
