@@ -23,7 +23,7 @@ app = ClientApp()
 
 
 def _setup(msg: Message, context: Context) -> tuple[Scenario, int]:
-    scenario = config_to_scenario(msg.content["config"])
+    scenario = config_to_scenario(msg.content["config"], context.state)
     torch.set_num_threads(scenario.simulation.threads_per_client)
     partition_id = int(context.node_config["partition-id"])
     data_path = str(context.node_config.get("data-path", ""))  # `fedft client --data FILE`

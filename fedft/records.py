@@ -6,16 +6,18 @@ Everything else in fedft is Flower-free; ``server/`` and ``clients/`` call these
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Mapping
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedft.config import Scenario
 from fedft.errors import ReplyError
 
-SCENARIO_KEY = "fedft-scenario"
+SCENARIO_KEY = "fedft-scenario"  # train config entry (and node state): the scenario as JSON
+SCENARIO_DIGEST_KEY = "fedft-scenario-digest"  # train config entry: scenario_digest(JSON)
 ZO_REPLY_KEY = "zo"  # ConfigRecord of a zo client's reply: {"records": <fedft.v1.ZoReply bytes>}
 UPDATE_KEY = "update"  # ConfigRecord of a torch reply: {"update": <fedft.v1.LoraUpdate bytes>}
 ZO_HISTORY_KEY = "zo-history"  # train config entry: <fedft.v1.ZoHistory bytes> to catch up
@@ -43,9 +45,20 @@ def record_nbytes(record: ArrayRecord) -> int:
     return record.count_bytes()
 
 
+def scenario_digest(text: str) -> str:
+    """The name a scenario text goes by once a node holds it (64 bits of its SHA-256, hex)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def scenario_to_config(scenario: Scenario) -> ConfigRecord:
-    """The scenario as a ConfigRecord entry (JSON), sent with every round's instructions."""
-    return ConfigRecord({SCENARIO_KEY: json.dumps(scenario.to_dict(), sort_keys=True)})
+    """The scenario as train-config entries: its JSON text and the text's digest."""
+    text = json.dumps(scenario.to_dict(), sort_keys=True)
+    return ConfigRecord({SCENARIO_KEY: text, SCENARIO_DIGEST_KEY: scenario_digest(text)})
+
+
+def without_scenario(config: ConfigRecord) -> ConfigRecord:
+    """The config for a node that holds the scenario already: the digest without the text."""
+    return ConfigRecord({k: v for k, v in config.items() if k != SCENARIO_KEY})
 
 
 @functools.lru_cache(maxsize=8)
@@ -53,8 +66,32 @@ def _parse_scenario(text: str) -> Scenario:
     return Scenario.from_dict(json.loads(text))
 
 
-def config_to_scenario(config: ConfigRecord) -> Scenario:
-    """Rebuild (and validate, once per distinct text) the scenario a server sent."""
-    if SCENARIO_KEY not in config:
-        raise ReplyError(f"the server's message has no {SCENARIO_KEY!r} config entry")
-    return _parse_scenario(str(config[SCENARIO_KEY]))
+def config_to_scenario(config: ConfigRecord, state: RecordDict) -> Scenario:
+    """Rebuild (and validate, once per distinct text) the scenario a server sent.
+
+    The server sends a node the scenario's text once, and then only its digest; the node keeps the
+    text in its Flower ``state`` (``context.state``) between rounds.
+
+    Raises
+    ------
+    ReplyError
+        If the digest is missing or does not match the text, or the node does not hold the text
+        the digest names (a restarted node: the server sends the text again the next round).
+    """
+    if SCENARIO_DIGEST_KEY not in config:
+        raise ReplyError(f"the server's message has no {SCENARIO_DIGEST_KEY!r} config entry")
+    digest = str(config[SCENARIO_DIGEST_KEY])
+    if SCENARIO_KEY in config:
+        text = str(config[SCENARIO_KEY])
+        if scenario_digest(text) != digest:
+            raise ReplyError(f"config entry {SCENARIO_KEY!r} does not match its digest {digest}")
+        scenario = _parse_scenario(text)
+        state.config_records[SCENARIO_KEY] = ConfigRecord({SCENARIO_KEY: text})
+        return scenario
+    held = state.config_records.get(SCENARIO_KEY, ConfigRecord())
+    text = str(held.get(SCENARIO_KEY, ""))
+    if scenario_digest(text) != digest:
+        raise ReplyError(
+            f"this node does not hold scenario {digest} (restarted?): the server sends it again"
+        )
+    return _parse_scenario(text)

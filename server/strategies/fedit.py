@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -24,6 +24,7 @@ from fedft.records import (
     factors_to_record,
     record_nbytes,
     record_to_factors,
+    without_scenario,
 )
 from fedft.update_wire import decode_update
 from fedft.zo_history import rebuild_factors
@@ -76,7 +77,8 @@ class FedIT(FedAvg):
         self.run_seed = run_seed
         self.current_round = 0
         self.global_factors: dict[str, torch.Tensor] = {}
-        self.bytes_down: dict[int, int] = {}
+        self.bytes_down: dict[int, int] = {}  # per node: tensors and config entries sent to it
+        self.scenario_holders: set[int] = set()
         self.sent: list[Message] = []
         self.round_metrics: dict[str, float] = {}  # strategy-specific metrics of the last round
 
@@ -93,10 +95,23 @@ class FedIT(FedAvg):
         """Remember the round's global factors (the reference every reply is checked against)."""
         self.current_round = server_round
         self.global_factors = record_to_factors(arrays)
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self.bytes_down = {m.metadata.dst_node_id: record_nbytes(arrays) for m in messages}
+        sampled = super().configure_train(server_round, arrays, config, grid)  # adds server-round
+        messages, self.bytes_down = [], {}
+        for node in (m.metadata.dst_node_id for m in sampled):
+            node_config = self.config_for(node, config)
+            content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: node_config})
+            messages.append(Message(content, node, MessageType.TRAIN))
+            self.bytes_down[node] = record_nbytes(arrays) + node_config.count_bytes()
         self.sent = messages
         return messages
+
+    def config_for(self, node: int, config: ConfigRecord) -> ConfigRecord:
+        """The round's config for ``node``: the scenario's text only if the node may lack it.
+
+        A node that replied without error holds the text (``clients/app.py`` keeps it in the
+        node's state) and gets its digest only; a node whose reply was an error gets the text again.
+        """
+        return without_scenario(config) if node in self.scenario_holders else config
 
     def destination(self, reply: Message) -> int:
         """The node an instruction went to; an error reply comes from the SuperLink, not it."""
@@ -114,8 +129,10 @@ class FedIT(FedAvg):
             node = msg.metadata.src_node_id
             if msg.has_error():
                 node = self.destination(msg)
+                self.scenario_holders.discard(node)
                 log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
                 continue
+            self.scenario_holders.add(node)
             try:
                 update = self.parse_reply(msg)
             except ReplyError as err:

@@ -72,18 +72,21 @@ class ZoStrategy(FedIT):
             synced = self.synced.get(node, 0)
             missed = [h for h in self.history if h.round > synced]
             entries = sum(len(h.aggregate) for h in missed)
-            node_config = ConfigRecord({**config, "server-round": server_round})
+            node_config = ConfigRecord(
+                {**self.config_for(node, config), "server-round": server_round}
+            )
             content = RecordDict({"config": node_config})
             if prefer_replay(entries, self.zo.pool_size, numel):
-                if synced not in encoded:
-                    encoded[synced] = encode_history(missed, self.run_seed) if missed else b""
-                history = encoded[synced]
-                node_config[ZO_HISTORY_KEY] = history
-                self.bytes_down[node] = len(history)
+                if missed and synced not in encoded:
+                    encoded[synced] = encode_history(missed, self.run_seed)
+                if missed:  # nothing missed: no entry (Flower cannot count an empty value)
+                    node_config[ZO_HISTORY_KEY] = encoded[synced]
             else:
                 content["arrays"] = arrays
                 node_config[ZO_CHECKPOINT_ROUND_KEY] = server_round - 1
-                self.bytes_down[node] = record_nbytes(arrays)
+            self.bytes_down[node] = node_config.count_bytes() + (
+                record_nbytes(arrays) if "arrays" in content else 0
+            )
             messages.append(Message(content, node, MessageType.TRAIN))
         self.sent = messages
         return messages

@@ -91,3 +91,49 @@ def test_an_error_reply_names_the_node_the_instruction_went_to(caplog):
         arrays, _ = strategy.aggregate_train(1, [error])
     assert arrays is None
     assert "node 7 failed: NODE_UNAVAILABLE" in caplog.text and "node 1 " not in caplog.text
+
+
+def test_the_scenario_text_goes_to_a_node_until_it_replies_and_again_after_an_error():
+    from flwr.app import Error
+
+    from fedft.config import Scenario
+    from fedft.records import SCENARIO_KEY, record_nbytes, scenario_to_config
+
+    strategy = FedIT(min_available_nodes=1)
+    config = scenario_to_config(Scenario.from_dict({}))
+    arrays = factors_to_record(GLOBAL)
+
+    def send(server_round):
+        sent = strategy.configure_train(server_round, arrays, ConfigRecord(config), _Grid())
+        strategy.sent = list(sent)
+        for k, m in enumerate(strategy.sent):
+            m.metadata.__dict__["_message_id"] = f"{server_round}-{k}"
+        return {m.metadata.dst_node_id: m for m in strategy.sent}
+
+    def reply_ok(node, instruction):
+        reply = _reply(node, {k: torch.full_like(v, 1.0) for k, v in GLOBAL.items()})
+        reply.metadata.__dict__["_reply_to_message_id"] = instruction.metadata.message_id
+        return reply
+
+    def reply_error(instruction):
+        error = Message(Error(code=0, reason="boom"), reply_to=instruction)
+        error.metadata.__dict__["_src_node_id"] = 0  # error replies come from the SuperLink
+        return error
+
+    first = send(1)
+    assert all(SCENARIO_KEY in m.content["config"] for m in first.values())
+    text_bytes = len(config[SCENARIO_KEY]) + len(SCENARIO_KEY)
+    assert strategy.bytes_down[1] >= record_nbytes(arrays) + text_bytes
+    strategy.aggregate_train(1, [reply_ok(1, first[1]), reply_ok(2, first[2])])  # 3: no reply
+
+    second = send(2)
+    assert SCENARIO_KEY not in second[1].content["config"]  # it replied: it holds the text
+    assert SCENARIO_KEY not in second[2].content["config"]
+    assert SCENARIO_KEY in second[3].content["config"]  # no reply yet
+    assert second[1].content["config"]["server-round"] == 2
+    assert strategy.bytes_down[1] < record_nbytes(arrays) + 100 < strategy.bytes_down[3]
+    strategy.aggregate_train(2, [reply_ok(1, second[1]), reply_error(second[2])])
+
+    third = send(3)
+    assert SCENARIO_KEY not in third[1].content["config"]
+    assert SCENARIO_KEY in third[2].content["config"]  # its reply was an error: maybe restarted
