@@ -28,6 +28,7 @@ COLUMNS = (
     ("lora_fair.cos_before", "mean cos before"),
     ("lora_fair.cos_after", "mean cos after"),
     ("bytes_up", "bytes up / round"),
+    ("bytes_down", "bytes down / round"),
 )
 
 
@@ -48,7 +49,7 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, float]:
     final = rounds[-1]
     trained = [r for r in rounds if r["round"] > 0]
     out = {"eval_loss": final["eval_loss"], "accuracy": final.get("accuracy", float("nan"))}
-    for key in ("lora_fair.cos_before", "lora_fair.cos_after", "bytes_up"):
+    for key in ("lora_fair.cos_before", "lora_fair.cos_after", "bytes_up", "bytes_down"):
         values = [r[key] for r in trained if key in r]
         out[key] = statistics.fmean(values) if values else float("nan")
     return out

@@ -6,7 +6,7 @@
   ``bytes_up`` (and any other metric the client reported). Bytes are payload: ``bytes_down`` counts
   the tensors and config entries sent to the node (the scenario's JSON goes to a node once, then
   its 16-character digest; a zo node's catch-up history), ``bytes_up`` the reply's update (tensors,
-  or the encoded ``fedft.v1`` message); Flower's own framing and the reply's metrics are not counted;
+  or the encoded ``fedft.v1`` message); Flower's framing and the reply's metrics are not counted;
 - ``round``: ``round``, ``clients``, ``train_loss``, ``eval_loss``, ``perplexity``, ``accuracy``,
   ``bytes_down``, ``bytes_up`` (sums over the round's clients), ``wall_s``.
 """
