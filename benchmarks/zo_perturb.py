@@ -31,7 +31,7 @@ from fedft.rng import perturb_
 from fedft.zo_wire import encode_zo_reply
 
 POOL_SIZE = 4096  # FedKSeed's K is in the thousands: 2-byte explicit indices
-NODE_ID = 0x9F3A61C2E4B7D805  # Flower node ids are random 64-bit integers
+CLIENT = 37  # the client's index in the scenario
 
 
 def gpt2_small_shapes(target: float) -> list[tuple[int, ...]]:
@@ -55,7 +55,7 @@ def uplink_table() -> None:
     print("| tau | encoding | seeds | bytes | bytes/step | header bytes |")
     print("| ---: | --- | --- | ---: | ---: | ---: |")
     for tau in (10, 50, 200):
-        indices = derived_seed_indices(pid, 7, NODE_ID, tau, POOL_SIZE)
+        indices = derived_seed_indices(pid, 7, CLIENT, tau, POOL_SIZE)
         grads = torch.randn(tau, generator=torch.Generator().manual_seed(tau)).tolist()
         records = [ZoRecord(i, g) for i, g in zip(indices, grads, strict=True)]
         for encoding, seeds, per_step in (
@@ -67,7 +67,7 @@ def uplink_table() -> None:
                 records,
                 pool_id=pid,
                 round=7,
-                node_id=NODE_ID,
+                client=CLIENT,
                 pool_size=POOL_SIZE,
                 grad_encoding=encoding,
                 seed_choice=seeds,

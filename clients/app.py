@@ -68,8 +68,9 @@ def train(msg: Message, context: Context) -> Message:
         # An `ort` device in a zo run steps forward-only with ONNX Runtime (same generator, same
         # records); `zo` and `torch` clients step with torch.
         zo_runtime = ort_zo if backend == "ort" else zo_client
+        client = int(context.node_config["partition-id"])  # unique per node, even on own data
         payload, _, metrics = zo_runtime.train_round_zo(
-            scenario, partition_id, context.node_id, start, server_round
+            scenario, partition_id, client, start, server_round
         )
         metrics["partition"] = float(partition_id)
         zo_reply = ConfigRecord({"records": payload})

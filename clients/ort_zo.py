@@ -24,7 +24,7 @@ from fedft.edge.ort_zo import ort_spsa_steps
 def train_round_zo(
     scenario: Scenario,
     partition_id: int,
-    node_id: int,
+    client: int,
     start_factors: Mapping[str, torch.Tensor],
     server_round: int,
 ) -> tuple[bytes, dict[str, torch.Tensor], dict[str, float]]:
@@ -43,7 +43,7 @@ def train_round_zo(
     factors = {
         k: v.detach().cpu().numpy().astype(np.float32, copy=True) for k, v in start_factors.items()
     }
-    plan = plan_round(scenario, partition_id, node_id, server_round)
+    plan = plan_round(scenario, partition_id, client, server_round)
     batches = (
         {k: v.numpy() for k, v in batch.items()}
         for batch in train_set.batches(

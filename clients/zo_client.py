@@ -2,8 +2,8 @@
 
 Forward passes only (MeZO), so memory stays at inference level and the base may be quantized.
 Each local step ``t`` uses the seed ``pool[index_t]`` with ``index_t`` derived from (pool, round,
-node, t), so the reply carries one byte per step (``g`` at the run's fixed int8 scale) plus a
-small header: see ``protos/fedft/v1/zo.proto``.
+client index, t), so the reply carries one byte per step (``g`` at the run's fixed int8 scale)
+plus a small header: see ``protos/fedft/v1/zo.proto``.
 """
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ def zo_layout(factors: Mapping[str, torch.Tensor]) -> list[str]:
 def train_round_zo(
     scenario: Scenario,
     partition_id: int,
-    node_id: int,
+    client: int,
     start_factors: Mapping[str, torch.Tensor],
     server_round: int,
 ) -> tuple[bytes, dict[str, torch.Tensor], dict[str, float]]:
     """Run ``zo.local_steps`` SPSA steps from ``start_factors``.
+
+    ``partition_id`` picks the data, ``client`` (the node's index in the scenario) the seeds:
+    see :func:`clients.zo_round.plan_round`.
 
     Returns
     -------
@@ -44,16 +47,16 @@ def train_round_zo(
         The encoded ``fedft.v1.ZoReply``, the factors the client ends with (equal, bit for bit,
         to what the server rebuilds from the reply), and the round's metrics.
     """
-    zo, client = scenario.zo, scenario.client_for(partition_id)
+    zo, settings = scenario.zo, scenario.client_for(partition_id)
     model, _ = client_model(scenario, partition_id)
     train_set, _ = client_datasets(scenario, partition_id)
-    device = select_device(client.device)
+    device = select_device(settings.device)
     model.to(device).eval()  # no dropout: L+ and L- must see the same function
     modules = zo.trainable_modules
     initial_state(model, modules)  # captured before any step touches the shared model
     set_trainable_(model, start_factors, modules)
     params = trainable_params(model, zo_layout(start_factors), modules)
-    plan = plan_round(scenario, partition_id, node_id, server_round)
+    plan = plan_round(scenario, partition_id, client, server_round)
     batches = train_set.batches(
         scenario.train.batch_size, seed=plan.batch_seed, steps=zo.local_steps
     )

@@ -1,7 +1,8 @@
 """One zo client round as the server announced it, shared by the torch and ONNX Runtime clients.
 
-Both runtimes take the same seeds (the round's pool, per-step indices derived from the node id),
-the same batches, and reply with the same message and metrics: only the forward pass differs.
+Both runtimes take the same seeds (the round's pool, per-step indices derived from the client's
+index), the same batches, and reply with the same message and metrics: only the forward pass
+differs.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from fedft.zo_wire import encode_zo_reply
 
 @dataclass(frozen=True)
 class ZoRound:
-    """A node's round: the seed pool, each local step's seed index, the batch order's seed."""
+    """A client's round: the seed pool, each local step's seed index, the batch order's seed."""
 
     scenario: Scenario
-    node_id: int
+    client: int  # the node's index in the scenario: the input of the derived seed indices
     server_round: int
     pool: list[int]
     pool_id: int
@@ -31,17 +32,22 @@ class ZoRound:
     batch_seed: int
 
 
-def plan_round(scenario: Scenario, partition_id: int, node_id: int, server_round: int) -> ZoRound:
-    """Derive the round's seeds (no index travels on the wire: ``seed_choice = "derived"``)."""
+def plan_round(scenario: Scenario, partition_id: int, client: int, server_round: int) -> ZoRound:
+    """Derive the round's seeds (no index travels on the wire: ``seed_choice = "derived"``).
+
+    ``partition_id`` picks the data and batch order (0 for a device training on its own file);
+    ``client`` is the node's index in the scenario (its ``partition-id`` node config), unique per
+    node and stable across runs: the per-step seed indices derive from it.
+    """
     zo, seed = scenario.zo, scenario.run.seed
     pool_id = seed_pool_id(seed, server_round, zo.pool_size)
     return ZoRound(
         scenario=scenario,
-        node_id=node_id,
+        client=client,
         server_round=server_round,
         pool=seed_pool(seed, server_round, zo.pool_size),
         pool_id=pool_id,
-        indices=derived_seed_indices(pool_id, server_round, node_id, zo.local_steps, zo.pool_size),
+        indices=derived_seed_indices(pool_id, server_round, client, zo.local_steps, zo.pool_size),
         batch_seed=batch_seed(scenario, server_round, partition_id),
     )
 
@@ -61,7 +67,7 @@ def reply(
         records,
         pool_id=plan.pool_id,
         round=plan.server_round,
-        node_id=plan.node_id,
+        client=plan.client,
         pool_size=zo.pool_size,
         grad_encoding=zo.grad_encoding,
         seed_choice="derived",

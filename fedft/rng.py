@@ -189,7 +189,7 @@ class _SignStream:
     from a 2 KiB table. For a chunk of ``n`` elements the extra memory is ``n`` bytes of int8
     signs, ``4 n`` bytes of float32 signs and ``n / 4`` bytes of words and byte indices. Per chunk:
     15 int32 ops on ``n / 32`` words, a byte-to-index copy and a gather on ``n / 8`` bytes, an int8
-    -> float32 copy and the add: about 1.6x a plain ``w.add_(u)`` on one CPU thread
+    -> float32 copy and the add: about 1.5x a plain ``w.add_(u)`` on one CPU thread
     (``benchmarks/zo_perturb.py``), against about 15x for ``torch.randn`` + ``add_``.
     """
 

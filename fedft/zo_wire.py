@@ -2,7 +2,7 @@
 
 The message carries one client's local steps as ``(seed index, g)``: by default ``g`` as one int8
 code per step with one float32 scale, and no seed index at all (the client derives its indices from
-``(pool_id, round, node_id, step)``, see :func:`fedft.algorithms.zo.derived_seed_indices`). The
+``(pool_id, round, client, step)``, see :func:`fedft.algorithms.zo.derived_seed_indices`). The
 decoder trusts nothing: every field is checked and a bad message raises :class:`WireError` naming
 the field.
 """
@@ -26,7 +26,7 @@ from fedft.algorithms.zo import (
 from fedft.errors import ReplyError
 from fedft.v1 import zo_pb2
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: the client's index replaced its Flower node id
 GRAD_ENCODINGS = {"int8": zo_pb2.ZO_GRAD_ENCODING_INT8, "fp32": zo_pb2.ZO_GRAD_ENCODING_FP32}
 SEED_CHOICES = {
     "derived": zo_pb2.ZO_SEED_CHOICE_DERIVED,
@@ -50,7 +50,7 @@ class ZoReplyMessage:
 
     pool_id: int
     round: int
-    node_id: int
+    client: int
     grad_encoding: str
     seed_choice: str
     scale: float
@@ -73,7 +73,7 @@ def encode_zo_reply(
     *,
     pool_id: int,
     round: int,
-    node_id: int,
+    client: int,
     pool_size: int,
     grad_encoding: str = "int8",
     seed_choice: str = "derived",
@@ -85,8 +85,9 @@ def encode_zo_reply(
     ----------
     records : Sequence[ZoRecord]
         The local steps in order.
-    pool_id, round, node_id : int
-        The seed pool (:func:`fedft.algorithms.zo.seed_pool_id`), server round and client node.
+    pool_id, round, client : int
+        The seed pool (:func:`fedft.algorithms.zo.seed_pool_id`), the server round and the client's
+        index in the scenario (its partition id).
     pool_size : int
         ``K``; sets the index width of ``explicit`` seed indices.
     grad_encoding : {"int8", "fp32"}
@@ -104,13 +105,13 @@ def encode_zo_reply(
     """
     _check_uint("pool_id", pool_id, 64)
     _check_uint("round", round, 32)
-    _check_uint("node_id", node_id, 64)
+    _check_uint("client", client, 32)
     _check_uint("num_steps", len(records), 32)
     message = zo_pb2.ZoReply(
         version=WIRE_VERSION,
         pool_id=pool_id,
         round=round,
-        node_id=node_id,
+        client=client,
         num_steps=len(records),
         grad_encoding=_choice("grad_encoding", grad_encoding, GRAD_ENCODINGS),
         seed_choice=_choice("seed_choice", seed_choice, SEED_CHOICES),
@@ -126,7 +127,7 @@ def encode_zo_reply(
     if seed_choice == "explicit":
         message.seed_indices = np.asarray(indices, _INDEX_DTYPES[index_width(pool_size)]).tobytes()
     else:
-        derived = derived_seed_indices(pool_id, round, node_id, len(records), pool_size)
+        derived = derived_seed_indices(pool_id, round, client, len(records), pool_size)
         for t, (index, expected) in enumerate(zip(indices, derived, strict=True)):
             if index != expected:
                 raise WireError("seed_indices", f"step {t}: index {index}, derived {expected}")
@@ -145,7 +146,7 @@ def _decode_indices(message: zo_pb2.ZoReply, pool_size: int) -> list[int]:
         if message.seed_indices:
             raise WireError("seed_indices", "must be empty when seed_choice is derived")
         return derived_seed_indices(
-            message.pool_id, message.round, message.node_id, steps, pool_size
+            message.pool_id, message.round, message.client, steps, pool_size
         )
     dtype = _INDEX_DTYPES[index_width(pool_size)]
     if len(message.seed_indices) != steps * dtype.itemsize:
@@ -194,6 +195,7 @@ def decode_zo_reply(
     *,
     pool_id: int | None = None,
     round: int | None = None,
+    num_clients: int | None = None,
 ) -> ZoReplyMessage:
     """Parse and validate a zo reply.
 
@@ -207,6 +209,8 @@ def decode_zo_reply(
         The local steps the server announced: a reply with more is rejected.
     pool_id, round : int, optional
         When given, the reply must name this pool and round.
+    num_clients : int, optional
+        When given, the reply's client index must be below it.
 
     Returns
     -------
@@ -217,8 +221,9 @@ def decode_zo_reply(
     ------
     WireError
         On an unparsable message, a wrong version, pool or round, an unknown encoding, more steps
-        than ``max_steps``, byte lengths that do not match ``num_steps``, a seed index outside the
-        pool, a non-finite or negative scale, a -128 code or a non-finite float32 ``g``.
+        than ``max_steps``, a client index outside the scenario, byte lengths that do not match
+        ``num_steps``, a seed index outside the pool, a non-finite or negative scale, a -128 code
+        or a non-finite float32 ``g``.
     """
     message = zo_pb2.ZoReply()
     try:
@@ -230,6 +235,8 @@ def decode_zo_reply(
     for field, expected in (("pool_id", pool_id), ("round", round)):
         if expected is not None and getattr(message, field) != expected:
             raise WireError(field, f"expected {expected}, got {getattr(message, field)}")
+    if num_clients is not None and message.client >= num_clients:
+        raise WireError("client", f"{message.client} outside the scenario's {num_clients} clients")
     if message.num_steps > max_steps:
         raise WireError("num_steps", f"{message.num_steps} steps, at most {max_steps} announced")
     encodings = {v: k for k, v in GRAD_ENCODINGS.items()}
@@ -243,7 +250,7 @@ def decode_zo_reply(
     return ZoReplyMessage(
         pool_id=message.pool_id,
         round=message.round,
-        node_id=message.node_id,
+        client=message.client,
         grad_encoding=encodings[message.grad_encoding],
         seed_choice=choices[message.seed_choice],
         scale=message.scale,

@@ -111,16 +111,18 @@ def seed_pool(run_seed: int, round: int, size: int) -> list[int]:
 
 
 def derived_seed_indices(
-    pool_id: int, round: int, node_id: int, num_steps: int, pool_size: int
+    pool_id: int, round: int, client: int, num_steps: int, pool_size: int
 ) -> list[int]:
     """Return the seed index of each local step when a client derives them instead of sending them.
 
-    ``index_t = absorb(absorb(absorb(absorb(pool_id, 2), round), node_id), t) mod K``: uniform
-    draws with replacement, as FedKSeed samples, and free on the wire (bias ``<= K / 2**64``).
+    ``index_t = absorb(absorb(absorb(absorb(pool_id, 2), round), c), t) mod K``, ``c`` the client's
+    index in the scenario (its partition id, stable across runs, so a simulation with a fixed seed
+    repeats exactly): uniform draws with replacement, as FedKSeed samples, and free on the wire
+    (bias ``<= K / 2**64``).
     """
     _check_pool_size(pool_size)
     state = _absorb(_absorb(pool_id, _STEP_DOMAIN, "pool_id"), round, "round")
-    state = _absorb(state, node_id, "node_id")
+    state = _absorb(state, client, "client")
     return [_absorb(state, t, "step") % pool_size for t in range(num_steps)]
 
 

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x66\x65\x64\x66t/v1/zo.proto\x12\x08\x66\x65\x64\x66t.v1\"\xf0\x01\n\x07ZoReply\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07pool_id\x18\x02 \x01(\x06\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0f\n\x07node_id\x18\x04 \x01(\x06\x12\x11\n\tnum_steps\x18\x05 \x01(\r\x12/\n\rgrad_encoding\x18\x06 \x01(\x0e\x32\x18.fedft.v1.ZoGradEncoding\x12+\n\x0bseed_choice\x18\x07 \x01(\x0e\x32\x16.fedft.v1.ZoSeedChoice\x12\r\n\x05scale\x18\x08 \x01(\x02\x12\x14\n\x0cseed_indices\x18\t \x01(\x0c\x12\r\n\x05grads\x18\n \x01(\x0c\"k\n\x10ZoRoundAggregate\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0f\n\x07pool_id\x18\x02 \x01(\x06\x12\x11\n\tpool_size\x18\x03 \x01(\r\x12\x14\n\x0cseed_indices\x18\x04 \x01(\x0c\x12\x0e\n\x06values\x18\x05 \x01(\x0c\"H\n\tZoHistory\x12\x0f\n\x07version\x18\x01 \x01(\r\x12*\n\x06rounds\x18\x02 \x03(\x0b\x32\x1a.fedft.v1.ZoRoundAggregate*h\n\x0eZoGradEncoding\x12 \n\x1cZO_GRAD_ENCODING_UNSPECIFIED\x10\x00\x12\x19\n\x15ZO_GRAD_ENCODING_INT8\x10\x01\x12\x19\n\x15ZO_GRAD_ENCODING_FP32\x10\x02*g\n\x0cZoSeedChoice\x12\x1e\n\x1aZO_SEED_CHOICE_UNSPECIFIED\x10\x00\x12\x1a\n\x16ZO_SEED_CHOICE_DERIVED\x10\x01\x12\x1b\n\x17ZO_SEED_CHOICE_EXPLICIT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x66\x65\x64\x66t/v1/zo.proto\x12\x08\x66\x65\x64\x66t.v1\"\xef\x01\n\x07ZoReply\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07pool_id\x18\x02 \x01(\x06\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0e\n\x06\x63lient\x18\x04 \x01(\r\x12\x11\n\tnum_steps\x18\x05 \x01(\r\x12/\n\rgrad_encoding\x18\x06 \x01(\x0e\x32\x18.fedft.v1.ZoGradEncoding\x12+\n\x0bseed_choice\x18\x07 \x01(\x0e\x32\x16.fedft.v1.ZoSeedChoice\x12\r\n\x05scale\x18\x08 \x01(\x02\x12\x14\n\x0cseed_indices\x18\t \x01(\x0c\x12\r\n\x05grads\x18\n \x01(\x0c\"k\n\x10ZoRoundAggregate\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0f\n\x07pool_id\x18\x02 \x01(\x06\x12\x11\n\tpool_size\x18\x03 \x01(\r\x12\x14\n\x0cseed_indices\x18\x04 \x01(\x0c\x12\x0e\n\x06values\x18\x05 \x01(\x0c\"H\n\tZoHistory\x12\x0f\n\x07version\x18\x01 \x01(\r\x12*\n\x06rounds\x18\x02 \x03(\x0b\x32\x1a.fedft.v1.ZoRoundAggregate*h\n\x0eZoGradEncoding\x12 \n\x1cZO_GRAD_ENCODING_UNSPECIFIED\x10\x00\x12\x19\n\x15ZO_GRAD_ENCODING_INT8\x10\x01\x12\x19\n\x15ZO_GRAD_ENCODING_FP32\x10\x02*g\n\x0cZoSeedChoice\x12\x1e\n\x1aZO_SEED_CHOICE_UNSPECIFIED\x10\x00\x12\x1a\n\x16ZO_SEED_CHOICE_DERIVED\x10\x01\x12\x1b\n\x17ZO_SEED_CHOICE_EXPLICIT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedft.v1.zo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ZOGRADENCODING']._serialized_start=457
-  _globals['_ZOGRADENCODING']._serialized_end=561
-  _globals['_ZOSEEDCHOICE']._serialized_start=563
-  _globals['_ZOSEEDCHOICE']._serialized_end=666
+  _globals['_ZOGRADENCODING']._serialized_start=456
+  _globals['_ZOGRADENCODING']._serialized_end=560
+  _globals['_ZOSEEDCHOICE']._serialized_start=562
+  _globals['_ZOSEEDCHOICE']._serialized_end=665
   _globals['_ZOREPLY']._serialized_start=32
-  _globals['_ZOREPLY']._serialized_end=272
-  _globals['_ZOROUNDAGGREGATE']._serialized_start=274
-  _globals['_ZOROUNDAGGREGATE']._serialized_end=381
-  _globals['_ZOHISTORY']._serialized_start=383
-  _globals['_ZOHISTORY']._serialized_end=455
+  _globals['_ZOREPLY']._serialized_end=271
+  _globals['_ZOROUNDAGGREGATE']._serialized_start=273
+  _globals['_ZOROUNDAGGREGATE']._serialized_end=380
+  _globals['_ZOHISTORY']._serialized_start=382
+  _globals['_ZOHISTORY']._serialized_end=454
 # @@protoc_insertion_point(module_scope)

@@ -26,11 +26,11 @@ ZO_SEED_CHOICE_DERIVED: ZoSeedChoice
 ZO_SEED_CHOICE_EXPLICIT: ZoSeedChoice
 
 class ZoReply(_message.Message):
-    __slots__ = ("version", "pool_id", "round", "node_id", "num_steps", "grad_encoding", "seed_choice", "scale", "seed_indices", "grads")
+    __slots__ = ("version", "pool_id", "round", "client", "num_steps", "grad_encoding", "seed_choice", "scale", "seed_indices", "grads")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     POOL_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
-    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
     NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
     GRAD_ENCODING_FIELD_NUMBER: _ClassVar[int]
     SEED_CHOICE_FIELD_NUMBER: _ClassVar[int]
@@ -40,14 +40,14 @@ class ZoReply(_message.Message):
     version: int
     pool_id: int
     round: int
-    node_id: int
+    client: int
     num_steps: int
     grad_encoding: ZoGradEncoding
     seed_choice: ZoSeedChoice
     scale: float
     seed_indices: bytes
     grads: bytes
-    def __init__(self, version: _Optional[int] = ..., pool_id: _Optional[int] = ..., round: _Optional[int] = ..., node_id: _Optional[int] = ..., num_steps: _Optional[int] = ..., grad_encoding: _Optional[_Union[ZoGradEncoding, str]] = ..., seed_choice: _Optional[_Union[ZoSeedChoice, str]] = ..., scale: _Optional[float] = ..., seed_indices: _Optional[bytes] = ..., grads: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., pool_id: _Optional[int] = ..., round: _Optional[int] = ..., client: _Optional[int] = ..., num_steps: _Optional[int] = ..., grad_encoding: _Optional[_Union[ZoGradEncoding, str]] = ..., seed_choice: _Optional[_Union[ZoSeedChoice, str]] = ..., scale: _Optional[float] = ..., seed_indices: _Optional[bytes] = ..., grads: _Optional[bytes] = ...) -> None: ...
 
 class ZoRoundAggregate(_message.Message):
     __slots__ = ("round", "pool_id", "pool_size", "seed_indices", "values")

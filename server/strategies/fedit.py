@@ -58,6 +58,12 @@ class FedIT(FedAvg):
     ----------
     on_client : callable, optional
         Called as ``on_client(server_round, update, bytes_down)`` for every accepted reply.
+    zo : ZoSection, optional
+        Seed pool and step settings that zo replies (mixed or ``zo`` runs) are checked against.
+    run_seed : int
+        The run's seed, from which every round's seed pool derives.
+    num_clients : int, optional
+        The scenario's client count: a zo reply's client index must be below it.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
@@ -69,12 +75,15 @@ class FedIT(FedAvg):
         on_client: ClientLog | None = None,
         zo: ZoSection | None = None,
         run_seed: int = 0,
+        num_clients: int | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.on_client = on_client
         self.zo = zo or ZoSection()
         self.run_seed = run_seed
+        self.num_clients = num_clients
+        self.zo_clients: dict[int, int] = {}  # this round's zo replies: client index -> node
         self.current_round = 0
         self.global_factors: dict[str, torch.Tensor] = {}
         self.bytes_down: dict[int, int] = {}  # per node: tensors and config entries sent to it
@@ -95,6 +104,7 @@ class FedIT(FedAvg):
         """Remember the round's global factors (the reference every reply is checked against)."""
         self.current_round = server_round
         self.global_factors = record_to_factors(arrays)
+        self.zo_clients = {}
         sampled = super().configure_train(server_round, arrays, config, grid)  # adds server-round
         messages, self.bytes_down = [], {}
         for node in (m.metadata.dst_node_id for m in sampled):
@@ -224,9 +234,17 @@ class FedIT(FedAvg):
             max_steps=self.zo.local_steps,
             pool_id=seed_pool_id(self.run_seed, self.current_round, self.zo.pool_size),
             round=self.current_round,
+            num_clients=self.num_clients,
         )
-        if reply.node_id != node:
-            raise ReplyError(f"zo reply: names node {reply.node_id} but came from node {node}")
+        other = self.zo_clients.setdefault(reply.client, node)
+        if other != node:  # valid, but the two replies stepped along the same seeds
+            log.warning(
+                "round %d: nodes %d and %d both replied as zo client %d (check --partition-id)",
+                self.current_round,
+                other,
+                node,
+                reply.client,
+            )
         return payload, reply.records
 
     def check_digest(

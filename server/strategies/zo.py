@@ -61,6 +61,7 @@ class ZoStrategy(FedIT):
         """One message per sampled node: its catch-up history, or the factors if that is cheaper."""
         self.current_round = server_round
         self.global_factors = record_to_factors(arrays)
+        self.zo_clients = {}
         numel = sum(t.numel() for t in self.global_factors.values())
         num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
         node_ids, _ = sample_nodes(

@@ -25,7 +25,7 @@ from server.strategies.fedit import FedIT
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 A, B = "base_model.model.q.lora_A.weight", "base_model.model.q.lora_B.weight"
-ROUND, RUN_SEED, BAD = 1, 5, 99
+ROUND, RUN_SEED, BAD, NUM_CLIENTS = 1, 5, 99, 6
 ZO = ZoSection(pool_size=64, local_steps=4)
 PID = seed_pool_id(RUN_SEED, ROUND, ZO.pool_size)
 GLOBAL = {
@@ -60,10 +60,10 @@ def update_reply(node, payload, examples=10.0):
     return _reply(node, {UPDATE_KEY: ConfigRecord({UPDATE_KEY: payload})}, examples)
 
 
-def zo_payload(node=BAD, steps=ZO.local_steps, **overrides):
-    indices = derived_seed_indices(PID, ROUND, node, steps, ZO.pool_size)
+def zo_payload(client=NUM_CLIENTS - 1, steps=ZO.local_steps, **overrides):
+    indices = derived_seed_indices(PID, ROUND, client, steps, ZO.pool_size)
     records = [ZoRecord(i, 3.0 - t) for t, i in enumerate(indices)]
-    args = {"pool_id": PID, "round": ROUND, "node_id": node, "pool_size": ZO.pool_size}
+    args = {"pool_id": PID, "round": ROUND, "client": client, "pool_size": ZO.pool_size}
     return encode_zo_reply(records, **(args | overrides))
 
 
@@ -95,7 +95,7 @@ def good_replies():
         array_reply(1, moved(1), examples=30),
         update_reply(2, encode_update(moved(2), "fp32"), examples=20),
         update_reply(3, encode_update(moved(3), "int8"), examples=10),
-        zo_reply(4, zo_payload(node=4), examples=5),
+        zo_reply(4, zo_payload(client=3), examples=5),
     ]
 
 
@@ -136,12 +136,16 @@ CORPUS = {
         zo_reply(BAD, zo_edit(EXPLICIT, seed_indices=bytes([1, 2, ZO.pool_size, 3]))),
         "outside the pool",
     ),
-    "zo: version 2": (zo_reply(BAD, zo_edit(zo_payload(), version=2)), "version"),
+    "zo: version 1": (zo_reply(BAD, zo_edit(zo_payload(), version=1)), "version"),
+    "zo: version 3": (zo_reply(BAD, zo_edit(zo_payload(), version=3)), "version"),
     "zo: more steps than announced": (
         zo_reply(BAD, zo_payload(steps=ZO.local_steps + 1)),
         "num_steps",
     ),
-    "zo: another node's id": (zo_reply(BAD, zo_payload(node=4)), "names node 4"),
+    "zo: client outside the scenario": (
+        zo_reply(BAD, zo_payload(client=NUM_CLIENTS)),
+        f"outside the scenario's {NUM_CLIENTS} clients",
+    ),
     "zo: another round": (zo_reply(BAD, zo_edit(zo_payload(), round=ROUND + 1)), "round"),
     "zo: truncated": (zo_reply(BAD, zo_payload()[:-2]), "not a ZoReply"),
 }
@@ -153,6 +157,7 @@ def run_round(replies):
         on_client=lambda r, u, b: seen.append(u.node_id),
         zo=ZO,
         run_seed=RUN_SEED,
+        num_clients=NUM_CLIENTS,
         min_available_nodes=1,
     )
     strategy.configure_train(ROUND, factors_to_record(GLOBAL), ConfigRecord(), _Grid())
@@ -226,3 +231,11 @@ def test_update_norm_is_the_frobenius_norm_of_the_change():
     state = moved(7)
     delta = torch.cat([(state[k].double() - GLOBAL[k].double()).reshape(-1) for k in GLOBAL])
     assert update_norm(state, GLOBAL) == pytest.approx(float(delta.norm()), rel=1e-12)
+
+
+def test_two_nodes_replying_as_one_zo_client_are_both_kept_and_named(caplog):
+    twin = zo_reply(BAD, zo_payload(client=3), examples=5)  # good_replies' zo client is 3 too
+    with caplog.at_level(logging.WARNING, logger="fedft.server"):
+        _, seen = run_round([*good_replies(), twin])
+    assert sorted(seen) == [1, 2, 3, 4, BAD]  # valid SPSA steps, just along the same seeds
+    assert f"nodes 4 and {BAD} both replied as zo client 3" in caplog.text

@@ -255,9 +255,9 @@ def test_ort_zo_client_replies_like_the_torch_zo_client(bundle, start, monkeypat
     )
     ours = decode_zo_reply(ort_payload, scenario.zo.pool_size, 6, round=2)
     theirs = decode_zo_reply(torch_payload, scenario.zo.pool_size, 6, round=2)
-    assert (ours.pool_id, ours.node_id, ours.seed_choice) == (
+    assert (ours.pool_id, ours.client, ours.seed_choice) == (
         theirs.pool_id,
-        theirs.node_id,
+        theirs.client,
         theirs.seed_choice,
     )
     assert [r.seed_index for r in ours.records] == [r.seed_index for r in theirs.records]

@@ -25,8 +25,8 @@ from fedft.update_wire import (
 )
 from fedft.v1 import update_pb2, zo_pb2
 from fedft.zo_history import RoundAggregate, decode_history, encode_history
+from fedft.zo_wire import WIRE_VERSION, decode_zo_reply, encode_zo_reply
 from fedft.zo_wire import WireError as ZoWireError
-from fedft.zo_wire import decode_zo_reply, encode_zo_reply
 
 FP32 = update_pb2.TENSOR_ENCODING_FP32
 ROUNDING = 127 * 2**-24  # float32(code * scale) may round by this many scales
@@ -224,15 +224,15 @@ def test_encoder_rejects_what_the_decoder_would(state, encoding, field):
 # ---- fuzz: only typed errors escape ------------------------------------------------------------
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-K, RUN_SEED, NODE = 256, 7, 12345
+K, RUN_SEED, CLIENT = 256, 7, 12345
 PID = seed_pool_id(RUN_SEED, 3, K)
 
 
 def _valid_zo_reply(seed_choice):
-    indices = derived_seed_indices(PID, 3, NODE, 6, K)
+    indices = derived_seed_indices(PID, 3, CLIENT, 6, K)
     records = [ZoRecord(i, 0.5 * t - 1) for t, i in enumerate(indices)]
     return encode_zo_reply(
-        records, pool_id=PID, round=3, node_id=NODE, pool_size=K, seed_choice=seed_choice
+        records, pool_id=PID, round=3, client=CLIENT, pool_size=K, seed_choice=seed_choice
     )
 
 
@@ -341,10 +341,10 @@ def test_update_decoder_survives_arbitrary_field_values(data):
 def zo_replies(draw):
     steps = draw(st.integers(0, 60))
     return zo_pb2.ZoReply(
-        version=draw(st.sampled_from([0, 1, 1, 2])),
+        version=draw(st.sampled_from([0, 1, 2, 2, 3])),
         pool_id=draw(st.sampled_from([PID, 0, 2**64 - 1])),
         round=draw(st.sampled_from([0, 3, 2**32 - 1])),
-        node_id=draw(st.sampled_from([NODE, 0, 2**64 - 1])),
+        client=draw(st.sampled_from([CLIENT, 0, 2**32 - 1])),
         num_steps=draw(st.sampled_from([steps, 2**32 - 1])),
         grad_encoding=draw(st.integers(0, 3)),
         seed_choice=draw(st.integers(0, 3)),
@@ -390,7 +390,7 @@ def test_the_fuzz_corpus_starts_from_messages_that_decode():
 
 def test_history_with_an_empty_pool_is_a_wire_error():
     # Found by the fuzz test above: seed_pool_id raised ZoError, not a ReplyError.
-    message = zo_pb2.ZoHistory(version=1)
+    message = zo_pb2.ZoHistory(version=WIRE_VERSION)
     message.rounds.add(round=1, pool_id=0, pool_size=0)
     with pytest.raises(ZoWireError) as error:
         decode_history(message.SerializeToString(), RUN_SEED)

@@ -60,7 +60,7 @@ def test_seed_pool_is_a_pure_function_of_run_round_size():
 
 @pytest.mark.parametrize("case", VECTORS["derived_seed_indices"], ids=lambda c: c["pool_id"])
 def test_derived_seed_index_vectors(case):
-    args = int(case["pool_id"], 16), case["round"], int(case["node_id"], 16)
+    args = int(case["pool_id"], 16), case["round"], int(case["client"], 16)
     got = derived_seed_indices(*args, len(case["indices"]), case["pool_size"])
     assert got == case["indices"]
 
@@ -222,13 +222,13 @@ def tiny_model():
     return model, lambda: torch.nn.functional.mse_loss(model(x), y)
 
 
-def train(grad_scale, steps=6, pool_size=64, node_id=42, lr=0.05, eps=1e-3):
+def train(grad_scale, steps=6, pool_size=64, client=42, lr=0.05, eps=1e-3):
     model, loss_fn = tiny_model()
     params = list(model.parameters())
     start = [p.detach().clone() for p in params]
     pool, pid = seed_pool(3, 0, pool_size), seed_pool_id(3, 0, pool_size)
     records = []
-    for index in derived_seed_indices(pid, 1, node_id, steps, pool_size):
+    for index in derived_seed_indices(pid, 1, client, steps, pool_size):
         g = spsa_step_(params, loss_fn, pool[index], eps, lr, grad_scale=grad_scale)
         records.append(ZoRecord(index, g))
     return start, [p.detach() for p in params], records, pid
@@ -275,7 +275,7 @@ def test_replay_in_another_process_from_the_wire_is_bit_exact(tmp_path):
     scale = float(F32(0.5 / 127))
     start, trained_int8, records_int8, pid = train(grad_scale=scale)
     _, trained_fp32, records_fp32, _ = train(grad_scale=None)
-    common = {"pool_id": pid, "round": 1, "node_id": 42, "pool_size": 64}
+    common = {"pool_id": pid, "round": 1, "client": 42, "pool_size": 64}
     (tmp_path / "int8.bin").write_bytes(encode_zo_reply(records_int8, grad_scale=scale, **common))
     (tmp_path / "fp32.bin").write_bytes(
         encode_zo_reply(records_fp32, grad_encoding="fp32", **common)

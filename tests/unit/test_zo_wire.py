@@ -9,17 +9,17 @@ from fedft.zo_wire import WireError, decode_zo_reply, encode_zo_reply
 
 K = 4096
 PID = seed_pool_id(7, 0, K)
-NODE = 2**64 - 5  # Flower node ids are random 64-bit integers
+CLIENT = 2**32 - 5  # the client's index in the scenario (uint32 on the wire)
 
 
 def derived_records(steps, grads=None, pool_size=K, round=3):
-    indices = derived_seed_indices(PID, round, NODE, steps, pool_size)
+    indices = derived_seed_indices(PID, round, CLIENT, steps, pool_size)
     grads = np.linspace(-2.0, 3.0, steps).tolist() if grads is None else grads
     return [ZoRecord(i, g) for i, g in zip(indices, grads, strict=True)]
 
 
 def encode(records, **overrides):
-    args = {"pool_id": PID, "round": 3, "node_id": NODE, "pool_size": K} | overrides
+    args = {"pool_id": PID, "round": 3, "client": CLIENT, "pool_size": K} | overrides
     return encode_zo_reply(records, **args)
 
 
@@ -27,7 +27,7 @@ def test_int8_derived_round_trip_costs_one_byte_per_step():
     records = derived_records(50)
     data = encode(records)
     reply = decode_zo_reply(data, pool_size=K, max_steps=50, pool_id=PID, round=3)
-    assert (reply.pool_id, reply.round, reply.node_id) == (PID, 3, NODE)
+    assert (reply.pool_id, reply.round, reply.client) == (PID, 3, CLIENT)
     assert (reply.grad_encoding, reply.seed_choice) == ("int8", "derived")
     assert [r.seed_index for r in reply.records] == [r.seed_index for r in records]
     assert reply.scale == pytest.approx(3.0 / 127, rel=1e-6)
@@ -85,7 +85,8 @@ def message(**fields):
     ("data", "field"),
     [
         (b"\xff\xff\xff", "message"),
-        (message(version=2), "version"),
+        (message(version=1), "version"),  # version 1 derived seeds from Flower's node id
+        (message(version=3), "version"),
         (message(version=0), "version"),
         (message(num_steps=4), "grads"),  # announced 4 steps, 3 codes
         (message(grads=b"\x01\x02"), "grads"),
@@ -150,7 +151,9 @@ def test_encoder_rejects_inconsistent_records():
         encode([ZoRecord(K, 1.0)], seed_choice="explicit")
     with pytest.raises(WireError, match="grad_encoding"):
         encode(records, grad_encoding="int4")
-    with pytest.raises(WireError, match="node_id"):
-        encode(records, node_id=-1)
+    with pytest.raises(WireError, match="client"):
+        encode(records, client=-1)
+    with pytest.raises(WireError, match="client"):
+        encode(records, client=2**32)
     with pytest.raises(WireError, match="grad_scale"):
         encode(records, grad_encoding="fp32", grad_scale=0.01)
