@@ -11,6 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedft.adapters import factors_digest
 from fedft.algorithms.fedavg import weighted_average
@@ -101,19 +102,29 @@ class FedIT(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the round's global factors (the reference every reply is checked against)."""
+        """One message per sampled node (:meth:`node_content`), its bytes counted.
+
+        Also remembers the round's global factors, the reference every reply is checked against.
+        """
         self.current_round = server_round
         self.global_factors = record_to_factors(arrays)
         self.zo_clients = {}
-        sampled = super().configure_train(server_round, arrays, config, grid)  # adds server-round
+        num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
+        node_ids, _ = sample_nodes(
+            grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes)
+        )
+        config = ConfigRecord({**config, "server-round": server_round})
         messages, self.bytes_down = [], {}
-        for node in (m.metadata.dst_node_id for m in sampled):
-            node_config = self.config_for(node, config)
-            content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: node_config})
+        for node in node_ids:
+            content = self.node_content(node, arrays, self.config_for(node, config))
             messages.append(Message(content, node, MessageType.TRAIN))
-            self.bytes_down[node] = record_nbytes(arrays) + node_config.count_bytes()
+            self.bytes_down[node] = sum(record.count_bytes() for record in content.values())
         self.sent = messages
         return messages
+
+    def node_content(self, node: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        """What ``node`` is sent this round: the global factors and the config (FedIT)."""
+        return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
 
     def config_for(self, node: int, config: ConfigRecord) -> ConfigRecord:
         """The round's config for ``node``: the scenario's text only if the node may lack it.

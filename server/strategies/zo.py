@@ -14,9 +14,8 @@ import logging
 from collections.abc import Iterable, Mapping
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedft.algorithms.zo import aggregate_records, prefer_replay
 from fedft.errors import ReplyError
@@ -24,8 +23,6 @@ from fedft.records import (
     ZO_CHECKPOINT_ROUND_KEY,
     ZO_HISTORY_KEY,
     ZO_REPLY_KEY,
-    record_nbytes,
-    record_to_factors,
 )
 from fedft.zo_history import RoundAggregate, decode_history, encode_history, replay_history_
 from server.strategies.fedit import ClientUpdate, FedIT
@@ -44,6 +41,7 @@ class ZoStrategy(FedIT):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.history: list[RoundAggregate] = []
         self.synced: dict[int, int] = {}
+        self.encoded: dict[int, bytes] = {}  # this round's history bytes, per synced round
 
     def state(self) -> dict:
         """The aggregate history (base64 ``fedft.v1.ZoHistory``) and each node's synced round."""
@@ -59,38 +57,25 @@ class ZoStrategy(FedIT):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """One message per sampled node: its catch-up history, or the factors if that is cheaper."""
-        self.current_round = server_round
-        self.global_factors = record_to_factors(arrays)
-        self.zo_clients = {}
+        self.encoded = {}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def node_content(self, node: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        """The aggregates of the rounds ``node`` missed, or the factors when they cost less."""
+        synced = self.synced.get(node, 0)
+        missed = [h for h in self.history if h.round > synced]
+        entries = sum(len(h.aggregate) for h in missed)
         numel = sum(t.numel() for t in self.global_factors.values())
-        num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
-        node_ids, _ = sample_nodes(
-            grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes)
-        )
-        messages, self.bytes_down = [], {}
-        encoded: dict[int, bytes] = {}  # nodes synced to the same round get the same bytes
-        for node in node_ids:
-            synced = self.synced.get(node, 0)
-            missed = [h for h in self.history if h.round > synced]
-            entries = sum(len(h.aggregate) for h in missed)
-            node_config = ConfigRecord(
-                {**self.config_for(node, config), "server-round": server_round}
-            )
-            content = RecordDict({"config": node_config})
-            if prefer_replay(entries, self.zo.pool_size, numel):
-                if missed and synced not in encoded:
-                    encoded[synced] = encode_history(missed, self.run_seed)
-                if missed:  # nothing missed: no entry (Flower cannot count an empty value)
-                    node_config[ZO_HISTORY_KEY] = encoded[synced]
-            else:
-                content["arrays"] = arrays
-                node_config[ZO_CHECKPOINT_ROUND_KEY] = server_round - 1
-            self.bytes_down[node] = node_config.count_bytes() + (
-                record_nbytes(arrays) if "arrays" in content else 0
-            )
-            messages.append(Message(content, node, MessageType.TRAIN))
-        self.sent = messages
-        return messages
+        node_config = ConfigRecord(dict(config))
+        content = RecordDict({"config": node_config})
+        if not prefer_replay(entries, self.zo.pool_size, numel):
+            content["arrays"] = arrays
+            node_config[ZO_CHECKPOINT_ROUND_KEY] = self.current_round - 1
+        elif missed:  # nothing missed: no entry (Flower cannot count an empty value)
+            if synced not in self.encoded:
+                self.encoded[synced] = encode_history(missed, self.run_seed)
+            node_config[ZO_HISTORY_KEY] = self.encoded[synced]
+        return content
 
     def parse_reply(self, msg: Message) -> ClientUpdate:
         """Decode a zo reply (no tensors: the records are aggregated, not rebuilt one by one)."""
