@@ -185,7 +185,13 @@ def _decode_grads(message: zo_pb2.ZoReply) -> list[float]:
     if bad.size:
         t = int(bad[0])
         raise WireError("grads", f"step {t}: code {codes[t]} with scale {scale}")
-    return dequantize_grads(codes, scale)
+    with np.errstate(over="ignore"):
+        grads = dequantize_grads(codes, scale)
+    bad = np.flatnonzero(~np.isfinite(grads))
+    if bad.size:  # a finite scale near float32's max times a code overflows
+        t = int(bad[0])
+        raise WireError("scale", f"step {t}: code {codes[t]} * scale {scale} overflows float32")
+    return grads
 
 
 def decode_zo_reply(

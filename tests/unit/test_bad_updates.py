@@ -136,6 +136,7 @@ CORPUS = {
         zo_reply(BAD, zo_edit(EXPLICIT, seed_indices=bytes([1, 2, ZO.pool_size, 3]))),
         "outside the pool",
     ),
+    "zo: huge scale": (zo_reply(BAD, zo_edit(zo_payload(), scale=3e38)), "overflows"),
     "zo: version 1": (zo_reply(BAD, zo_edit(zo_payload(), version=1)), "version"),
     "zo: version 3": (zo_reply(BAD, zo_edit(zo_payload(), version=3)), "version"),
     "zo: more steps than announced": (

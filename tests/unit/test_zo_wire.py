@@ -94,6 +94,7 @@ def message(**fields):
         (message(scale=float("nan")), "scale"),
         (message(scale=float("inf")), "scale"),
         (message(scale=-1.0), "scale"),
+        (message(scale=3e38, grads=b"\x01\x7f\x02"), "scale"),  # finite, but 127 * scale is inf
         (message(scale=0.0), "grads"),  # non-zero codes with a zero scale
         (message(grad_encoding=0), "grad_encoding"),
         (message(grad_encoding=7), "grad_encoding"),
