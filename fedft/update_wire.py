@@ -125,7 +125,8 @@ def encode_update(factors: Mapping[str, torch.Tensor], encoding: str = "fp32") -
     ------
     WireError
         On an unknown encoding, no tensors, an empty name, more than 8 dimensions, a dimension of
-        2**32 or more, a non-floating dtype or a non-finite value.
+        2**32 or more, a shape of 2**62 or more (dimensions of 0 counted as 1), a non-floating
+        dtype or a non-finite value.
     """
     if encoding not in ENCODINGS:
         raise WireError("encoding", f"must be one of {sorted(ENCODINGS)}, got {encoding!r}")
@@ -156,6 +157,8 @@ def _check_layout(name: str, shape: tuple[int, ...]) -> None:
         raise WireError("shape", f"{len(shape)} dimensions, at most {MAX_NDIM}", name)
     if any(not 0 <= d < 2**32 for d in shape):
         raise WireError("shape", f"dimensions must be in [0, 2**32), got {shape}", name)
+    if math.prod(max(d, 1) for d in shape) >= 2**62:  # even with no element: strides overflow
+        raise WireError("shape", f"{shape} is larger than any tensor can be", name)
 
 
 def _decode_tensor(entry: update_pb2.LoraTensor) -> torch.Tensor:
@@ -215,9 +218,9 @@ def decode_update(
     ------
     WireError
         On an unparsable message, a wrong version, no tensors, an empty or duplicate name, more
-        than 8 dimensions, an unknown encoding, byte lengths that do not match the shape, a -128
-        code, a non-zero code in a row of scale 0, a negative or non-finite scale, a non-finite
-        value, or names and shapes other than ``template``'s.
+        than 8 dimensions or too large a shape, an unknown encoding, byte lengths that do not
+        match the shape, a -128 code, a non-zero code in a row of scale 0, a negative or
+        non-finite scale, a non-finite value, or names and shapes other than ``template``'s.
     """
     message = update_pb2.LoraUpdate()
     try:

@@ -151,6 +151,7 @@ def scales_bytes(first=1.0):
         (message(name=""), "name", None),
         (message(name=B), "name", B),  # duplicate
         (message(shape=[1] * (MAX_NDIM + 1)), "shape", A),
+        (message(shape=[0] + [2**32 - 1] * 3, data=b"", scales=b""), "shape", A),  # no element
         (message(encoding=0), "encoding", A),
         (message(encoding=9), "encoding", A),
         (message(shape=[8, 65]), "data", A),  # 512 codes for 520 values
