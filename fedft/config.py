@@ -295,14 +295,26 @@ class ClientGroup:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """Resources of the Flower simulation engine (Ray backend)."""
+    """Resources of the Flower simulation engine (Ray backend).
+
+    ``gpus_per_client``: the fraction of a GPU each virtual client holds (Ray's ``num_gpus``;
+    0.25 lets four clients share one GPU). ``"auto"`` shares this machine's CUDA GPUs evenly
+    among the clients that run at once, and is 0 (CPU only) where there is no CUDA GPU.
+    """
 
     cpus_per_client: float = 1.0
     threads_per_client: int = 1
+    gpus_per_client: float | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         check(self.cpus_per_client > 0, "simulation.cpus_per_client", "must be > 0")
         check(self.threads_per_client > 0, "simulation.threads_per_client", "must be > 0")
+        if self.gpus_per_client != "auto":
+            check(
+                0 <= self.gpus_per_client <= 1,
+                "simulation.gpus_per_client",
+                f'must be "auto" or in [0, 1], got {self.gpus_per_client}',
+            )
 
 
 @dataclass(frozen=True)

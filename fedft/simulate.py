@@ -11,17 +11,53 @@ from fedft.config import Scenario
 log = logging.getLogger("fedft")
 
 
-def backend_config(scenario: Scenario) -> dict:
-    """Ray resources: each virtual client gets ``simulation.cpus_per_client`` CPUs."""
+def gpus_per_client(scenario: Scenario, num_gpus: int, num_cpus: int) -> float:
+    """Ray's ``num_gpus`` for each virtual client, given this machine's GPUs and CPUs.
+
+    ``simulation.gpus_per_client = "auto"`` shares the GPUs evenly among the clients that run at
+    once (at most one GPU each); a number is taken as it is. Without a GPU it is 0: the clients
+    run on the CPU.
+    """
+    setting = scenario.simulation.gpus_per_client
+    if num_gpus == 0:
+        if setting not in ("auto", 0):
+            log.warning(
+                "simulation.gpus_per_client = %s, but no CUDA GPU is here: clients use the CPU",
+                setting,
+            )
+        return 0.0
+    if setting != "auto":
+        return float(setting)
+    concurrent = max(1, int(num_cpus / scenario.simulation.cpus_per_client))
+    concurrent = min(concurrent, scenario.federation.num_clients)
+    return min(1.0, num_gpus / concurrent)
+
+
+def backend_config(scenario: Scenario, num_gpus: int = 0) -> dict:
+    """Ray resources: ``simulation.cpus_per_client`` CPUs a client, and a share of the GPUs.
+
+    ``num_gpus`` is the number of CUDA GPUs here; see :func:`gpus_per_client` for the share.
+    """
+    num_cpus = os.cpu_count() or 1
     return {
-        "client_resources": {"num_cpus": scenario.simulation.cpus_per_client, "num_gpus": 0.0},
+        "client_resources": {
+            "num_cpus": scenario.simulation.cpus_per_client,
+            "num_gpus": gpus_per_client(scenario, num_gpus, num_cpus),
+        },
         "init_args": {
-            "num_cpus": os.cpu_count() or 1,
+            "num_cpus": num_cpus,
             "include_dashboard": False,
             "logging_level": "ERROR",
             "log_to_driver": True,
         },
     }
+
+
+def cuda_device_count() -> int:
+    """CUDA GPUs torch sees here (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
@@ -53,7 +89,7 @@ def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
         server_app=make_server_app(scenario, run_dir),
         client_app=client_app,
         num_supernodes=scenario.federation.num_clients,
-        backend_config=backend_config(scenario),
+        backend_config=backend_config(scenario, cuda_device_count()),
         verbose_logging=verbose,
     )
     if not ((run_dir / "adapter").is_dir() or (run_dir / "zo_weights.safetensors").is_file()):

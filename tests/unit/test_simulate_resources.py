@@ -1,0 +1,71 @@
+"""Ray client resources of a simulation: a share of the GPUs when there are any, else the CPU."""
+
+import pytest
+import torch
+
+import fedft.simulate as simulate_mod
+from fedft.config import load_scenario
+from fedft.errors import ConfigError
+
+
+def fake_cuda(monkeypatch, count):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def resources(monkeypatch, cpus, overrides=()):
+    monkeypatch.setattr(simulate_mod.os, "cpu_count", lambda: cpus)
+    scenario = load_scenario(None, list(overrides))
+    return simulate_mod.backend_config(scenario, simulate_mod.cuda_device_count())
+
+
+def test_auto_shares_one_gpu_among_the_clients_that_run_at_once(monkeypatch):
+    fake_cuda(monkeypatch, 1)
+    cfg = resources(monkeypatch, cpus=4, overrides=["federation.num_clients=5"])
+    assert cfg["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.25}
+
+
+def test_auto_gives_at_most_one_gpu_a_client(monkeypatch):
+    fake_cuda(monkeypatch, 4)
+    cfg = resources(monkeypatch, cpus=2, overrides=["federation.num_clients=1"])
+    assert cfg["client_resources"]["num_gpus"] == 1.0
+
+
+def test_auto_without_cuda_is_cpu_only(monkeypatch):
+    fake_cuda(monkeypatch, 0)
+    assert resources(monkeypatch, cpus=2)["client_resources"]["num_gpus"] == 0.0
+
+
+def test_a_set_fraction_is_used_and_falls_back_to_the_cpu(monkeypatch):
+    fake_cuda(monkeypatch, 2)
+    cfg = resources(monkeypatch, cpus=8, overrides=["simulation.gpus_per_client=0.125"])
+    assert cfg["client_resources"]["num_gpus"] == 0.125
+    fake_cuda(monkeypatch, 0)
+    cfg = resources(monkeypatch, cpus=8, overrides=["simulation.gpus_per_client=0.125"])
+    assert cfg["client_resources"]["num_gpus"] == 0.0
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "'half'"])
+def test_bad_values_name_the_key(value):
+    with pytest.raises(ConfigError, match="simulation.gpus_per_client"):
+        load_scenario(None, [f"simulation.gpus_per_client={value}"])
+
+
+def test_simulate_passes_the_gpu_share_to_flower(monkeypatch, tmp_path):
+    import flwr.simulation
+
+    # Imported before CUDA is faked: bitsandbytes probes it on import.
+    import clients.app  # noqa: F401
+    import server.app  # noqa: F401
+
+    fake_cuda(monkeypatch, 1)
+    monkeypatch.setattr(simulate_mod.os, "cpu_count", lambda: 2)
+    seen = {}
+
+    def fake_run_simulation(**kwargs):
+        seen.update(kwargs)
+        (tmp_path / "adapter").mkdir()
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", fake_run_simulation)
+    simulate_mod.simulate(load_scenario(None), tmp_path)
+    assert seen["backend_config"]["client_resources"]["num_gpus"] == 0.5
