@@ -58,29 +58,38 @@ def _parser() -> argparse.ArgumentParser:
 
 def _simulate(args: argparse.Namespace) -> int:
     from fedft.config import check_local_files, load_scenario
-    from fedft.task import federated_data
+    from fedft.run_folder import check_same_scenario, check_writable_folder, default_run_dir
 
+    # First what needs no torch, transformers or Ray: the scenario, the run folder.
     path = args.scenario or (DEFAULT_SCENARIO if DEFAULT_SCENARIO.is_file() else None)
     overrides = list(args.overrides)
     if args.resume is not None:  # the run's own scenario, unless one is named
         path = args.scenario or args.resume / "config.toml"
         overrides.append(f"run.resume_dir={json.dumps(str(args.resume))}")
     scenario = load_scenario(path, overrides)
+    if args.resume is not None:
+        check_same_scenario(scenario, args.resume)
+        run_dir = args.resume
+    elif args.out is not None:
+        check_writable_folder(args.out, "--out")
+        run_dir = args.out
+    else:
+        check_writable_folder(Path(scenario.run.output_dir), "run.output_dir")
+        run_dir = default_run_dir(scenario)
     check_local_files(scenario)
+
+    # Then what needs the libraries, still before any process starts: clients, data, the model.
+    from fedft.models import load_peft_model
     from fedft.quantize import check_clients
+    from fedft.task import federated_data
 
     check_clients(scenario)  # a quantization this machine cannot run fails here, not in a worker
-    if args.resume is not None:
-        from server.federation import check_same_scenario
-
-        check_same_scenario(scenario, args.resume)
-    # Data errors (files, partitions) surface here, before any process starts.
-    federated_data(scenario)
+    federated_data(scenario)  # data errors (files, partitions)
+    # Model errors (a target module it lacks, an empty folder); the server reuses this load.
+    load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
 
     from fedft.simulate import simulate
-    from server.federation import default_run_dir
 
-    run_dir = args.resume or args.out or default_run_dir(scenario)
     simulate(scenario, run_dir, verbose=args.verbose)
     return 0
 

@@ -12,7 +12,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedft.config import Scenario, load_scenario
 from fedft.report import console_logging
-from server.federation import default_run_dir, run_federation
+from fedft.run_folder import default_run_dir
+from server.federation import run_federation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

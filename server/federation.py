@@ -12,12 +12,13 @@ from flwr.serverapp import Grid
 
 from fedft.adapters import save_adapter
 from fedft.algorithms.lora_fair import LoraFairConfig
-from fedft.config import Scenario, read_toml
+from fedft.config import Scenario
 from fedft.data import encode_examples
-from fedft.errors import ConfigError, FedftError
+from fedft.errors import FedftError
 from fedft.models import base_model_folder, load_base, load_peft_model
 from fedft.records import factors_to_record, record_to_factors, scenario_to_config
 from fedft.report import RunRecorder
+from fedft.run_folder import check_same_scenario, stored_config
 from fedft.task import federated_data
 from fedft.train import evaluate, select_device
 from fedft.trainable import initial_state, save_module_weights, set_trainable_
@@ -51,12 +52,6 @@ def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
     return FedIT(**common)
 
 
-def default_run_dir(scenario: Scenario) -> Path:
-    """``<output_dir>/<name>-<timestamp>``, unique per start."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(scenario.run.output_dir) / f"{scenario.run.name}-{stamp}"
-
-
 def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
     """Run every round of ``scenario`` on ``grid`` and leave the run folder in ``run_dir``.
 
@@ -77,7 +72,7 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
         chat=data.chat,
     )
     recorder = RunRecorder(
-        run_dir, _stored_config(scenario), scenario.federation.num_rounds, resume=resume
+        run_dir, stored_config(scenario), scenario.federation.num_rounds, resume=resume
     )
 
     accepted: list[int] = []
@@ -143,31 +138,6 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
     recorder.finish()
     log.info("run folder: %s", run_dir)
     return run_dir
-
-
-def _stored_config(scenario: Scenario) -> dict:
-    """The scenario as the run folder records it (without the resume pointer)."""
-    raw = scenario.to_dict()
-    raw["run"].pop("resume_dir", None)
-    return raw
-
-
-def check_same_scenario(scenario: Scenario, run_dir: Path) -> None:
-    """A resumed run must use the scenario it started with (the resume pointer aside)."""
-    stored = run_dir / "config.toml"
-    if not stored.is_file():
-        raise ConfigError("run.resume_dir", f"{run_dir} is not a fedft run folder (no config.toml)")
-    before = _stored_config(Scenario.from_dict(read_toml(stored)))
-    now = _stored_config(scenario)
-    for section, values in now.items():
-        for key, value in values.items() if isinstance(values, dict) else [("", values)]:
-            old = before.get(section, {}).get(key) if key else before.get(section)
-            if old != value:
-                name = f"{section}.{key}" if key else section
-                raise ConfigError(
-                    "run.resume_dir",
-                    f"{run_dir} ran with {name} = {old!r}, not {value!r}: resume with its scenario",
-                )
 
 
 def _base_ref(scenario: Scenario, run_dir: Path) -> str:
