@@ -106,6 +106,9 @@ def _compare(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--seeds", f"expected comma-separated integers, got {args.seeds!r}"
         ) from None
+    from fedft.run_folder import check_writable_folder
+
+    check_writable_folder(args.out, "--out")
     for strategy in strategies:  # validate every run's scenario before starting any
         scenario = load_scenario(
             args.scenario, [*args.overrides, f"federation.strategy='{strategy}'"]
@@ -131,7 +134,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedftError as err:
         print(f"fedft: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file or folder that cannot be read or written: no traceback
+        print(f"fedft: error: {_os_error_text(err)}", file=sys.stderr)
+        return 1
     return 2
+
+
+def _os_error_text(err: OSError) -> str:
+    """``path: reason`` for an OSError (``a -> b: reason`` when it names two paths)."""
+    reason = err.strerror or str(err)
+    if isinstance(err, FileExistsError):  # what mkdir says of a file in the folder's place
+        reason = "exists and is not a folder"
+    elif isinstance(err, NotADirectoryError):
+        reason = "a part of this path is a file, not a folder"
+    if err.filename is None:
+        return reason
+    names = str(err.filename)
+    if err.filename2 is not None:
+        names += f" -> {err.filename2}"
+    return f"{names}: {reason}"
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import tomllib
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,16 +389,36 @@ class Scenario:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``a.b=value`` into its key path and value (TOML value, else a plain string)."""
+    """Split ``a.b=value`` into its key path and value (TOML value, else a plain string).
+
+    A string key takes the text as it is unless it is a quoted TOML string: ``run.name=123`` and
+    ``run.name=2024-01-01`` are names, not an integer and a date.
+    """
     key, sep, raw_value = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(text, "an override must look like section.key=value")
+    path, raw_value = key.split("."), raw_value.strip()
     try:
-        value = tomllib.loads(f"v = {raw_value.strip()}")["v"]
+        value = tomllib.loads(f"v = {raw_value}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw_value.strip()
-    return key.split("."), value
+        value = raw_value
+    if not isinstance(value, str) and _field_type(path) is str:
+        value = raw_value
+    return path, value
+
+
+def _field_type(path: list[str]) -> Any:
+    """The schema type of the scenario key at ``path`` (None if there is no such key)."""
+    hint: Any = Scenario
+    for part in path:
+        if not dataclasses.is_dataclass(hint):
+            return None
+        hints = typing.get_type_hints(hint)
+        if part not in hints:
+            return None
+        hint = hints[part]
+    return hint
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
