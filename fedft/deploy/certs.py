@@ -15,6 +15,8 @@
 
 An existing CA in the folder is reused, so clients that already trust it keep working when the
 server certificate is re-issued for new names; existing SuperNode keys are never overwritten.
+Every file is written atomically; private keys are created mode 0600, never wider even for a
+moment.
 All keys are ECDSA on NIST P-384 (Flower's SuperNode authentication requires a NIST curve).
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,10 +197,27 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.write_bytes(data)
-    if private:
-        os.chmod(path, 0o600)
+def write_file(path: Path, data: bytes, private: bool = False) -> None:
+    """Write ``path`` atomically; a private file is created owner-only (0600) from the start.
+
+    The bytes go to a new temporary file in the same folder, created with its final mode
+    (``O_CREAT | O_EXCL``: never an existing file, never a wider mode, even for a moment), which
+    then replaces ``path`` in one rename: a reader sees the old file or the new one, never half.
+    """
+    mode = 0o600 if private else 0o644
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if private:
+                os.fchmod(out.fileno(), mode)  # exactly 0600, whatever the umask
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _load_ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None:
@@ -230,24 +250,24 @@ def make_certs(
     ca = _load_ca(folder)
     if ca is None:
         ca = make_ca()
-        _write(folder / CA_KEY, _key_pem(ca[0]), private=True)
-        _write(folder / CA_CERT, ca[1].public_bytes(serialization.Encoding.PEM))
+        write_file(folder / CA_KEY, _key_pem(ca[0]), private=True)
+        write_file(folder / CA_CERT, ca[1].public_bytes(serialization.Encoding.PEM))
     key, cert = make_server_cert(ca[0], ca[1], hosts, ips, days)
-    _write(folder / SERVER_KEY, _key_pem(key), private=True)
-    _write(folder / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    write_file(folder / SERVER_KEY, _key_pem(key), private=True)
+    write_file(folder / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM))
     keys = []
     for i in range(supernodes):
         private_path = folder / f"supernode-{i}.key"
         if not private_path.is_file():
             private, public = make_supernode_key()
-            _write(private_path, private, private=True)
-            _write(private_path.with_suffix(".pub"), public + b"\n")
+            write_file(private_path, private, private=True)
+            write_file(private_path.with_suffix(".pub"), public + b"\n")
         keys.append(private_path)
     pubs = sorted(folder.glob("supernode-*.pub"))
     listing = None
     if pubs:
         listing = folder / SUPERNODES_PUB
-        listing.write_text("".join(p.read_text().strip() + "\n" for p in pubs))
+        write_file(listing, "".join(p.read_text().strip() + "\n" for p in pubs).encode())
     return CertFiles(
         folder / CA_CERT, folder / SERVER_CERT, folder / SERVER_KEY, tuple(keys), listing
     )

@@ -140,3 +140,48 @@ def test_bad_ip_is_a_one_line_error_naming_the_option(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "fedft: error: `--ip`: 'nope' is not an IPv4 or IPv6 address"
     ]
+
+
+def test_private_keys_are_created_owner_only_never_wider(tmp_path, monkeypatch):
+    """Every file is created by os.open with its final mode (0600 for keys), then renamed."""
+    import os
+
+    from fedft.deploy import certs as certs_module
+
+    created = []
+    real_open = os.open
+
+    def recording_open(path, flags, mode=0o777, *args, **kwargs):
+        created.append((os.fspath(path), flags, mode))
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    monkeypatch.setattr(certs_module.os, "open", recording_open)
+    old_umask = os.umask(0)  # the mode must not come from a friendly umask
+    try:
+        files = make_certs(tmp_path, ["localhost"], [], supernodes=2)
+    finally:
+        os.umask(old_umask)
+    private = [files.server_key, tmp_path / "ca.key", *files.supernode_keys]
+    for path in private:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        made = [c for c in created if os.path.basename(c[0]).startswith(f".{path.name}.")]
+        assert len(made) == 1, (path, created)
+        _, flags, mode = made[0]
+        assert mode == 0o600 and flags & os.O_CREAT and flags & os.O_EXCL, (path, made)
+    assert not list(tmp_path.glob(".*.tmp"))  # every temporary file was renamed into place
+
+
+def test_a_failed_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    from fedft.deploy import certs as certs_module
+
+    target = tmp_path / "server.key"
+    certs_module.write_file(target, b"old key", private=True)
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(certs_module.os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        certs_module.write_file(target, b"new key that never lands", private=True)
+    assert target.read_bytes() == b"old key"
+    assert [p.name for p in tmp_path.iterdir()] == ["server.key"]  # no temporary file left
