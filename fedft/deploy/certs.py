@@ -13,10 +13,11 @@
 ``supernodes.pub``        every ``supernode-*.pub``, one a line: ``fedft server --auth-keys``
 ========================  ==================================================================
 
-An existing CA in the folder is reused, so clients that already trust it keep working when the
-server certificate is re-issued for new names; existing SuperNode keys are never overwritten.
-Every file is written atomically; private keys are created mode 0600, never wider even for a
-moment.
+Running it again in the same folder changes only what was asked for: the CA is reused (clients
+that trust it keep working), the server certificate is kept with its names unless ``--host`` or
+``--ip`` name different ones (then it is re-issued for exactly those, and the command says so),
+and existing SuperNode keys are never overwritten. Every file is written atomically; private
+keys are created mode 0600, never wider even for a moment.
 All keys are ECDSA on NIST P-384 (Flower's SuperNode authentication requires a NIST curve).
 """
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -55,6 +57,9 @@ class CertFiles:
     server_key: Path
     supernode_keys: tuple[Path, ...] = ()
     supernodes_pub: Path | None = None
+    server_status: str = "new"  # "new", "kept" (as it was) or "re-issued" (for new names)
+    server_names: tuple[str, ...] = ()
+    previous_server_names: tuple[str, ...] = ()
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -236,50 +241,131 @@ def _load_ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate
     return key, cert
 
 
+def _server_sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    """The DNS names and IP addresses (as text) a server certificate is valid for."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    return sans.get_values_for_type(x509.DNSName), [
+        str(ip) for ip in sans.get_values_for_type(x509.IPAddress)
+    ]
+
+
+def _current_server_cert(folder: Path, ca_cert: x509.Certificate) -> x509.Certificate | None:
+    """The folder's server certificate if it can serve as is: its key, this CA, not expired."""
+    cert_path, key_path = folder / SERVER_CERT, folder / SERVER_KEY
+    if not (cert_path.is_file() and key_path.is_file()):
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return None
+    if key.public_key() != cert.public_key() or cert.not_valid_after_utc <= _now():
+        return None
+    return cert
+
+
+def _issue_server_cert(
+    folder: Path,
+    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
+    hosts: list[str],
+    ips: list[str],
+    days: int,
+) -> tuple[str, list[str], list[str]]:
+    """Keep or (re-)issue the server certificate; return what happened, its names, the old ones.
+
+    Without ``hosts`` and ``ips`` an existing certificate is kept with its names (or re-issued
+    for the same names if it no longer fits the CA, its key or the date); only a folder without
+    one gets ``localhost`` and ``127.0.0.1``. Names that differ from the existing certificate's
+    re-issue it for exactly those names.
+    """
+    ips = [str(parse_ip(ip)) for ip in ips]
+    old_path = folder / SERVER_CERT
+    old = x509.load_pem_x509_certificate(old_path.read_bytes()) if old_path.is_file() else None
+    old_hosts, old_ips = _server_sans(old) if old is not None else ([], [])
+    if not hosts and not ips:
+        hosts, ips = (
+            (old_hosts, old_ips) if old_hosts or old_ips else (["localhost"], ["127.0.0.1"])
+        )
+    if (hosts, ips) == (old_hosts, old_ips) and _current_server_cert(folder, ca[1]) is not None:
+        return "kept", hosts + ips, old_hosts + old_ips
+    key, cert = make_server_cert(ca[0], ca[1], hosts, ips, days)
+    write_file(folder / SERVER_KEY, _key_pem(key), private=True)
+    write_file(folder / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    return ("re-issued" if old is not None else "new"), hosts + ips, old_hosts + old_ips
+
+
+def _supernode_key(private_path: Path) -> None:
+    """Make SuperNode key pair ``private_path`` (and its ``.pub``) unless it exists."""
+    public_path = private_path.with_suffix(".pub")
+    if private_path.is_file():
+        if not public_path.is_file():  # a run stopped between the two files
+            key = serialization.load_ssh_private_key(private_path.read_bytes(), None)
+            public = key.public_key().public_bytes(
+                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+            )
+            write_file(public_path, public + b"\n")
+        return
+    private, public = make_supernode_key()
+    write_file(private_path, private, private=True)
+    write_file(public_path, public + b"\n")
+
+
 def make_certs(
-    folder: Path, hosts: list[str], ips: list[str], supernodes: int = 0, days: int = 365
+    folder: Path,
+    hosts: list[str] | None = None,
+    ips: list[str] | None = None,
+    supernodes: int = 0,
+    days: int = 365,
 ) -> CertFiles:
-    """Write (or reuse) the CA, a server certificate and ``supernodes`` SuperNode key pairs."""
+    """Write (or reuse) the CA, the server certificate and ``supernodes`` SuperNode key pairs.
+
+    Parameters
+    ----------
+    folder : where the files go (created if missing).
+    hosts, ips : the names and addresses clients dial; none keeps the existing server
+        certificate's (see :func:`_issue_server_cert`).
+    supernodes : how many SuperNode key pairs the folder must hold; existing ones are kept.
+    days : validity of a newly issued server certificate.
+    """
     if supernodes < 0:
         raise CertError(f"`--supernodes`: must be >= 0, got {supernodes}")
     if days <= 0:
         raise CertError(f"`--days`: must be > 0, got {days}")
-    folder.mkdir(parents=True, exist_ok=True)
-    for ip in ips:
+    for ip in ips or []:
         parse_ip(ip)
+    folder.mkdir(parents=True, exist_ok=True)
     ca = _load_ca(folder)
     if ca is None:
         ca = make_ca()
         write_file(folder / CA_KEY, _key_pem(ca[0]), private=True)
         write_file(folder / CA_CERT, ca[1].public_bytes(serialization.Encoding.PEM))
-    key, cert = make_server_cert(ca[0], ca[1], hosts, ips, days)
-    write_file(folder / SERVER_KEY, _key_pem(key), private=True)
-    write_file(folder / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    status, names, before = _issue_server_cert(folder, ca, list(hosts or []), list(ips or []), days)
     keys = []
     for i in range(supernodes):
-        private_path = folder / f"supernode-{i}.key"
-        if not private_path.is_file():
-            private, public = make_supernode_key()
-            write_file(private_path, private, private=True)
-            write_file(private_path.with_suffix(".pub"), public + b"\n")
-        keys.append(private_path)
+        _supernode_key(folder / f"supernode-{i}.key")
+        keys.append(folder / f"supernode-{i}.key")
     pubs = sorted(folder.glob("supernode-*.pub"))
     listing = None
     if pubs:
         listing = folder / SUPERNODES_PUB
         write_file(listing, "".join(p.read_text().strip() + "\n" for p in pubs).encode())
     return CertFiles(
-        folder / CA_CERT, folder / SERVER_CERT, folder / SERVER_KEY, tuple(keys), listing
+        folder / CA_CERT,
+        folder / SERVER_CERT,
+        folder / SERVER_KEY,
+        tuple(keys),
+        listing,
+        server_status=status,
+        server_names=tuple(names),
+        previous_server_names=tuple(before),
     )
 
 
 def server_names(cert_path: Path) -> list[str]:
     """The DNS names, then IP addresses, a server certificate is valid for."""
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return sans.get_values_for_type(x509.DNSName) + [
-        str(ip) for ip in sans.get_values_for_type(x509.IPAddress)
-    ]
+    hosts, ips = _server_sans(x509.load_pem_x509_certificate(cert_path.read_bytes()))
+    return hosts + ips

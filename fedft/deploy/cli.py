@@ -18,10 +18,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     certs = sub.add_parser("certs", help="make a CA, a server certificate and SuperNode keys")
     certs.add_argument("--out", type=Path, default=Path("certs"), help="folder (default: certs)")
     certs.add_argument(
-        "--host", action="append", default=[], metavar="NAME", help="DNS name clients dial"
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="DNS name clients dial (default: the existing server certificate's, else localhost)",
     )
     certs.add_argument(
-        "--ip", action="append", default=[], metavar="ADDR", help="IP address clients dial"
+        "--ip",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="IP address clients dial (default: the existing certificate's, else 127.0.0.1)",
     )
     certs.add_argument(
         "--supernodes", type=int, default=0, metavar="N", help="also make N SuperNode key pairs"
@@ -98,12 +106,18 @@ def run(args: argparse.Namespace) -> int:
 def _certs(args: argparse.Namespace) -> int:
     from fedft.deploy.certs import make_certs
 
-    hosts, ips = args.host, args.ip
-    if not hosts and not ips:
-        hosts, ips = ["localhost"], ["127.0.0.1"]
-    files = make_certs(args.out, hosts, ips, args.supernodes, args.days)
+    files = make_certs(args.out, args.host, args.ip, args.supernodes, args.days)
     print(f"CA certificate       {files.ca_cert}  (copy it to every client)")
-    print(f"server certificate   {files.server_cert}  for {', '.join(hosts + ips)}")
+    names = ", ".join(files.server_names)
+    if files.server_status == "kept":
+        print(f"server certificate   {files.server_cert}  kept, for {names}")
+    elif files.server_status == "re-issued":
+        print(
+            f"server certificate   {files.server_cert}  RE-ISSUED for {names} (was for "
+            f"{', '.join(files.previous_server_names)}): restart the server to use it"
+        )
+    else:
+        print(f"server certificate   {files.server_cert}  for {names}")
     print(f"server key           {files.server_key}")
     for key in files.supernode_keys:
         print(f"SuperNode key        {key}  (copy it to one client; public key beside it)")

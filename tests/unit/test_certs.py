@@ -142,6 +142,68 @@ def test_bad_ip_is_a_one_line_error_naming_the_option(tmp_path):
     ]
 
 
+def sans_of(path):
+    sans = load(path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return sans.get_values_for_type(x509.DNSName), sans.get_values_for_type(x509.IPAddress)
+
+
+def test_adding_supernodes_keeps_the_server_certificate_and_its_names(tmp_path):
+    make_certs(tmp_path, ["fedft.example.org"], ["203.0.113.10"], supernodes=1)
+    cert_before, key_before = (tmp_path / "server.pem").read_bytes(), (tmp_path / "server.key")
+    key_before = key_before.read_bytes()
+    proc = subprocess.run(  # the documented way to add a device: no --host, no --ip
+        [sys.executable, "-m", "fedft.cli", "certs", "--out", str(tmp_path), "--supernodes", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sans_of(tmp_path / "server.pem") == (
+        ["fedft.example.org"],
+        [ipaddress.ip_address("203.0.113.10")],
+    )
+    assert (tmp_path / "server.pem").read_bytes() == cert_before
+    assert (tmp_path / "server.key").read_bytes() == key_before
+    assert (tmp_path / "supernode-2.key").is_file()
+    assert "kept, for fedft.example.org, 203.0.113.10" in proc.stdout
+
+
+def test_a_server_certificate_that_no_longer_fits_is_reissued_for_the_same_names(tmp_path):
+    make_certs(tmp_path, ["fedft.example.org"], ["203.0.113.10"])
+    (tmp_path / "server.key").unlink()  # lost its key: it cannot serve as is
+    again = make_certs(tmp_path)
+    assert again.server_status == "re-issued"
+    assert sans_of(again.server_cert) == (
+        ["fedft.example.org"],
+        [ipaddress.ip_address("203.0.113.10")],
+    )
+    load(again.server_cert).verify_directly_issued_by(load(again.ca_cert))
+    fresh = make_certs(tmp_path / "fresh")  # no certificate yet: loopback names
+    assert fresh.server_status == "new" and fresh.server_names == ("localhost", "127.0.0.1")
+
+
+def test_new_names_reissue_the_server_certificate_and_say_so(tmp_path):
+    make_certs(tmp_path, ["old.example"], [])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedft.cli",
+            "certs",
+            "--out",
+            str(tmp_path),
+            "--host",
+            "new.example",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sans_of(tmp_path / "server.pem") == (["new.example"], [])
+    assert "RE-ISSUED for new.example (was for old.example)" in proc.stdout
+
+
 def test_private_keys_are_created_owner_only_never_wider(tmp_path, monkeypatch):
     """Every file is created by os.open with its final mode (0600 for keys), then renamed."""
     import os
