@@ -23,7 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
-from fedft.config import Scenario, check_local_files, load_scenario
+from fedft.config import Scenario, check_local_files, load_scenario, read_toml
 from fedft.deploy import control
 from fedft.deploy.certs import CA_CERT, SERVER_CERT, SERVER_KEY, CertError, server_names
 from fedft.deploy.processes import (
@@ -93,6 +93,20 @@ def read_public_keys(path: Path) -> list[str]:
     return keys
 
 
+def _output_dir(scenario: Scenario, resume: Path | None) -> str:
+    """``run.output_dir`` as the ServerApp gets it: absolute, since it runs in Flower's process.
+
+    A resumed run keeps its folder's own spelling of the same folder (a run folder that
+    ``fedft simulate`` started records a relative one), so the scenarios compare equal.
+    """
+    absolute = str(Path(scenario.run.output_dir).resolve())
+    if resume is not None:
+        stored = read_toml(resume / "config.toml").get("run", {}).get("output_dir")
+        if isinstance(stored, str) and str(Path(stored).resolve()) == absolute:
+            return stored
+    return absolute
+
+
 def resolve_scenario(opts: ServerOptions) -> tuple[Path, list[str], Scenario]:
     """The scenario file, the overrides the ServerApp gets, and the validated scenario.
 
@@ -108,9 +122,9 @@ def resolve_scenario(opts: ServerOptions) -> tuple[Path, list[str], Scenario]:
     else:
         path = opts.scenario or APP_DIR / "simulations" / "default.toml"
     scenario = load_scenario(path, overrides)
-    if opts.resume is None and not Path(scenario.run.output_dir).is_absolute():
-        output_dir = Path(scenario.run.output_dir).resolve()
-        overrides.append(f"run.output_dir={json.dumps(str(output_dir))}")
+    output_dir = _output_dir(scenario, opts.resume)
+    if output_dir != scenario.run.output_dir:
+        overrides.append(f"run.output_dir={json.dumps(output_dir)}")
         scenario = load_scenario(path, overrides)
     check_local_files(scenario)
     return Path(path).resolve(), overrides, scenario

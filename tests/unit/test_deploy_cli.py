@@ -1,10 +1,13 @@
 """`fedft server` and `fedft client` refuse bad input in one line, before Flower starts."""
 
+import shlex
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import tomli_w
 
 from fedft.deploy.certs import make_certs
 from fedft.deploy.processes import node_config_arg, superlink_command, supernode_command
@@ -25,6 +28,12 @@ def fedft(*args, cwd):
         timeout=120,
         cwd=cwd,
     )
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def one_line_error(proc):
@@ -100,3 +109,67 @@ def test_flower_command_lines_use_grpc_and_tls(tmp_path, certs):
     assert node[node.index("--node-config") + 1] == 'partition-id=0 backend="zo"'
     assert "--insecure" in supernode_command("h:9092", None, {"partition-id": 1})
     assert node_config_arg({"data-path": "/a b/c.jsonl"}) == 'data-path="/a b/c.jsonl"'
+
+
+# The documented server settings (docs/deploy.md, section 2), run from a clone's folder
+DOC_SETTINGS = [
+    "federation.num_clients=3",
+    "partition.method='iid'",
+    "federation.min_train_clients=2",
+    "federation.round_timeout_s=600",
+]
+
+
+def server_options(**changes):
+    from fedft.deploy.aggregator import APP_DIR, ServerOptions
+
+    opts = {
+        "scenario": APP_DIR / "simulations" / "default.toml",
+        "overrides": tuple(DOC_SETTINGS),
+        "certs": Path("certs"),
+        "insecure": True,
+        "address": "127.0.0.1",
+        "port": 9092,
+        "control_port": 9093,
+        "auth_keys": None,
+        "resume": None,
+        "state": None,
+        "app": APP_DIR,
+    }
+    return ServerOptions(**{**opts, **changes})
+
+
+def serverapp_scenario(opts):
+    """The scenario the ServerApp builds from the run config `fedft server` submits."""
+    from fedft.deploy.aggregator import resolve_scenario
+    from server.app import scenario_from_run_config
+
+    path, overrides, _ = resolve_scenario(opts)
+    return scenario_from_run_config({"scenario": str(path), "set": shlex.join(overrides)})
+
+
+def first_run_folder(folder):
+    """The run folder a first `fedft server` leaves: the ServerApp records the scenario it got."""
+    from fedft.run_folder import stored_config
+
+    scenario = serverapp_scenario(server_options())
+    run_dir = Path(scenario.run.output_dir) / "default-20261123-201822"
+    assert run_dir.is_relative_to(folder.resolve())  # relative output_dir, made absolute
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(tomli_w.dumps(stored_config(scenario)))
+    return run_dir.relative_to(folder.resolve())
+
+
+def test_the_documented_resume_command_passes_the_serverapps_check(tmp_path, monkeypatch):
+    from server.federation import check_same_scenario
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = first_run_folder(tmp_path)
+    # "the same command plus --resume and the run folder it printed" (docs/deploy.md, section 5)
+    for printed in (run_dir, run_dir.resolve()):
+        resumed = serverapp_scenario(server_options(resume=printed))
+        check_same_scenario(resumed, Path(resumed.run.resume_dir))  # what the ServerApp does
+        assert Path(resumed.run.resume_dir) == run_dir.resolve()
+    # without --scenario, the run folder's own config.toml is the scenario
+    resumed = serverapp_scenario(server_options(scenario=None, overrides=(), resume=run_dir))
+    check_same_scenario(resumed, Path(resumed.run.resume_dir))
