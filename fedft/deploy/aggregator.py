@@ -37,6 +37,7 @@ from fedft.deploy.processes import (
     superlink_command,
     wait_for_port,
 )
+from fedft.run_folder import check_same_scenario
 
 log = logging.getLogger("fedft")
 APP_DIR = Path(__file__).resolve().parents[2]  # the Flower app: pyproject.toml [tool.flwr.app]
@@ -111,7 +112,8 @@ def resolve_scenario(opts: ServerOptions) -> tuple[Path, list[str], Scenario]:
     """The scenario file, the overrides the ServerApp gets, and the validated scenario.
 
     Paths are made absolute: the ServerApp runs in Flower's own process. A resumed run uses the
-    run folder's own scenario unless one is named, like ``fedft simulate --resume``.
+    run folder's own scenario unless one is named, like ``fedft simulate --resume``, and a
+    different one is refused here, before any process starts.
     """
     overrides = list(opts.overrides)
     if opts.resume is not None:
@@ -127,6 +129,8 @@ def resolve_scenario(opts: ServerOptions) -> tuple[Path, list[str], Scenario]:
         overrides.append(f"run.output_dir={json.dumps(output_dir)}")
         scenario = load_scenario(path, overrides)
     check_local_files(scenario)
+    if opts.resume is not None:
+        check_same_scenario(scenario, opts.resume)
     return Path(path).resolve(), overrides, scenario
 
 

@@ -173,3 +173,16 @@ def test_the_documented_resume_command_passes_the_serverapps_check(tmp_path, mon
     # without --scenario, the run folder's own config.toml is the scenario
     resumed = serverapp_scenario(server_options(scenario=None, overrides=(), resume=run_dir))
     check_same_scenario(resumed, Path(resumed.run.resume_dir))
+
+
+def test_server_refuses_a_changed_scenario_on_resume_at_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = first_run_folder(tmp_path)
+    scenario = str(server_options().scenario)
+    args = ["server", "--insecure", "--scenario", scenario, "--resume", str(run_dir)]
+    args += ["--port", str(free_port()), "--control-port", str(free_port())]
+    for setting in [*DOC_SETTINGS, "federation.num_rounds=7"]:
+        args += ["--set", setting]
+    line = one_line_error(fedft(*args, cwd=tmp_path))
+    assert line.startswith("fedft: error: `run.resume_dir`: ") and "federation.num_rounds" in line
+    assert not (tmp_path / "runs" / "superlink").exists()  # refused before anything started
