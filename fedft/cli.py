@@ -51,9 +51,27 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cmp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    _add_merge_parser(sub)
     deploy_cli.add_parsers(sub)
     edge_cli.add_parser(sub)
     return parser
+
+
+def _add_merge_parser(sub: argparse._SubParsersAction) -> None:
+    merge = sub.add_parser("merge", help="fold a run's adapter into its base; save a HF folder")
+    merge.add_argument("adapter", type=Path, help="a run folder or an adapter folder")
+    merge.add_argument("--out", type=Path, required=True, help="new folder for the merged model")
+    merge.add_argument(
+        "--base", type=Path, help="base model folder, if it moved (default: the adapter's)"
+    )
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from fedft.merge import merge_adapter
+
+    out = merge_adapter(args.adapter, args.out, args.base)
+    print(f"merged model: {out}")
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -127,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _simulate(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "merge":
+            return _merge(args)
         if args.command == "edge":
             return edge_cli.run(args)
         if args.command in deploy_cli.COMMANDS:

@@ -10,15 +10,15 @@ from pathlib import Path
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
-from fedft.adapters import save_adapter
 from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.config import Scenario
 from fedft.data import encode_examples
 from fedft.errors import FedftError
-from fedft.models import base_model_folder, load_base, load_peft_model
+from fedft.models import load_peft_model
 from fedft.records import factors_to_record, record_to_factors, scenario_to_config
 from fedft.report import RunRecorder
 from fedft.run_folder import check_same_scenario, stored_config
+from fedft.run_outputs import base_reference, write_adapter_folder
 from fedft.task import federated_data
 from fedft.train import evaluate, select_device
 from fedft.trainable import initial_state, save_module_weights, set_trainable_
@@ -134,18 +134,11 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
     if modules:
         save_module_weights(final, run_dir / "zo_weights.safetensors")
     else:
-        save_adapter(model, final, run_dir / "adapter", _base_ref(scenario, run_dir))
+        base_ref = base_reference(scenario, run_dir)
+        last = scenario.federation.num_rounds
+        write_adapter_folder(
+            model, final, tokenizer, scenario, run_dir, run_dir / "adapter", base_ref, last
+        )
     recorder.finish()
     log.info("run folder: %s", run_dir)
     return run_dir
-
-
-def _base_ref(scenario: Scenario, run_dir: Path) -> str:
-    """Where the adapter's base lives; the built-in tiny base is saved into the run folder."""
-    folder = base_model_folder(scenario.model)
-    if folder is not None:
-        return str(folder.resolve())
-    base, tokenizer = load_base(scenario.model, scenario.run.seed)
-    base.save_pretrained(run_dir / "base_model")
-    tokenizer.save_pretrained(run_dir / "base_model")
-    return str((run_dir / "base_model").resolve())

@@ -75,16 +75,35 @@ def test_run_folder_artifacts(run_dir):
 
 def test_adapter_loads_in_peft_and_reproduces_the_final_eval(run_dir):
     config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
-    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    assert config["base_model_name_or_path"] == "base_model"  # relative to the run folder
+    base = AutoModelForCausalLM.from_pretrained(run_dir / config["base_model_name_or_path"])
     model = PeftModel.from_pretrained(base, run_dir / "adapter")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in get_factors(model).items())
     scenario = load_scenario(run_dir / "config.toml")
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(config["base_model_name_or_path"])
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
     data = encode_examples(
         list(federated_data(scenario).global_eval), tokenizer, scenario.data.max_length
     )
     result = evaluate(model, data, 64, torch.device("cpu"))
     final = rows(run_dir, "round")[-1]
     assert result.loss == pytest.approx(final["eval_loss"], rel=1e-4)
+
+
+def test_adapter_tokenizer_prompts_as_training_did(run_dir):
+    """``tok(template.format(prompt))`` from the adapter folder gives training's prompt ids."""
+    from transformers import AutoTokenizer
+
+    from fedft.data import encode_prompt
+    from fedft.models import load_base
+
+    scenario = load_scenario(run_dir / "config.toml")
+    _, trained_with = load_base(scenario.model, scenario.run.seed)
+    saved = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    for example in federated_data(scenario).global_eval:
+        text = scenario.data.template.format(prompt=example.prompt)
+        assert saved(text)["input_ids"] == encode_prompt(
+            example.prompt, trained_with, scenario.data.template
+        )
+    assert "round 2 of 2" in (run_dir / "adapter" / "README.md").read_text()
