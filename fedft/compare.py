@@ -3,8 +3,8 @@
 ``fedft compare SCENARIO --strategies fedit,lora_fair --seeds 0,1,2`` runs every (strategy, seed)
 pair as its own ``fedft simulate`` process (same scenario, same seeds: same data split, same
 initial adapter), then summarizes each strategy's final-round metrics as mean and standard deviation
-over seeds in ``comparison.md`` / ``comparison.json`` and plots eval loss over rounds in
-``comparison.png``.
+over seeds in ``comparison.md`` / ``comparison.json`` and plots eval loss and accuracy over rounds
+and eval loss against bytes sent up in ``comparison.png`` (:func:`fedft.plots.comparison_figure`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedft.plots import plot_comparison
 from fedft.report import read_metrics
 
 log = logging.getLogger("fedft")
@@ -76,33 +77,6 @@ def markdown_table(results: dict[str, list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict[str, list[list[dict[str, Any]]]], path: Path) -> None:
-    """Eval loss over rounds and against cumulative uplink bytes; one colour per strategy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(10, 4))
-    for color, (strategy, runs) in zip(("C0", "C1", "C2", "C3"), curves.items(), strict=False):
-        for i, rounds in enumerate(runs):
-            label = strategy if i == 0 else None
-            losses = [r["eval_loss"] for r in rounds]
-            by_round.plot([r["round"] for r in rounds], losses, color=color, alpha=0.7, label=label)
-            trained = rounds[1:]  # round 0 (the untrained adapter) has sent nothing
-            sent = [sum(r["bytes_up"] for r in trained[: j + 1]) for j in range(len(trained))]
-            by_bytes.plot(sent, losses[1:], "o-", color=color, alpha=0.7, label=label)
-    by_round.set_xlabel("round")
-    by_bytes.set_xlabel("cumulative bytes sent up (all clients)")
-    by_bytes.set_xscale("log")
-    for ax in (by_round, by_bytes):
-        ax.set_ylabel("global eval loss")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def compare(
     scenario: Path,
     strategies: Sequence[str],
@@ -125,5 +99,9 @@ def compare(
     table = markdown_table(results)
     (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
     (out / "comparison.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    plot(curves, out / "comparison.png")
+    title = (
+        f"{scenario.stem}: {', '.join(strategies)} over seeds {', '.join(map(str, seeds))} "
+        "(thin: a seed; thick: mean; band: min-max)"
+    )
+    plot_comparison(curves, out / "comparison.png", title)
     return table

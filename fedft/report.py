@@ -1,4 +1,4 @@
-"""The run folder: resolved config, metrics.jsonl, a plot of loss and bytes, the final adapter.
+"""The run folder: resolved config, metrics.jsonl, its plot (:mod:`fedft.plots`), the adapter.
 
 ``metrics.jsonl`` holds one JSON object per line, each with a ``kind``:
 
@@ -101,6 +101,8 @@ class RunRecorder:
 
     def finish(self) -> Path:
         """Write the plot; return the run folder."""
+        from fedft.plots import plot_metrics  # matplotlib only when a run ends
+
         plot_metrics(self.metrics_path, self.run_dir / "metrics.png")
         return self.run_dir
 
@@ -125,36 +127,3 @@ def _progress_line(row: dict[str, Any], num_rounds: int) -> str:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Parse ``metrics.jsonl``."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-def plot_metrics(metrics_path: Path, png_path: Path) -> None:
-    """Plot global eval loss, mean train loss and uplink bytes over rounds into a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [r for r in read_metrics(metrics_path) if r["kind"] == "round"]
-    xs = [r["round"] for r in rounds]
-    fig, (ax_loss, ax_bytes) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(xs, [r.get("eval_loss") for r in rounds], "o-", label="global eval loss")
-    trained = [r for r in rounds if "train_loss" in r]
-    ax_loss.plot(
-        [r["round"] for r in trained],
-        [r["train_loss"] for r in trained],
-        "s--",
-        label="mean train loss",
-    )
-    ax_loss.set_xlabel("round")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend()
-    cumulative, total = [], 0
-    for r in rounds:
-        total += r["bytes_up"] + r["bytes_down"]
-        cumulative.append(total / 1e6)
-    ax_bytes.plot(xs, cumulative, "o-")
-    ax_bytes.set_xlabel("round")
-    ax_bytes.set_ylabel("MB sent (up + down, cumulative)")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)

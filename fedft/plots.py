@@ -1,0 +1,217 @@
+"""The run folder's ``metrics.png`` and ``fedft compare``'s ``comparison.png``.
+
+Both are built as matplotlib figures by a function that returns the figure (tests read its ticks,
+titles, lines and bands) and saved by a thin wrapper. Rounds are whole numbers on every axis; bytes
+are labelled in B / kB / MB / GB (powers of 1000, as the progress line counts them).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedft.report import read_metrics
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+Rows = Sequence[Mapping[str, Any]]
+
+_STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LOG_BYTES_ABOVE = 30.0
+"""The bytes axis is logarithmic when its largest value exceeds its smallest this many times."""
+
+
+def human_bytes(value: float, _pos: object = None) -> str:
+    """``1500000`` -> ``"1.5 MB"``: SI units (1 kB = 1000 B), at most three significant digits."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.3g} B"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _integer_rounds(ax: Axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+
+
+def _byte_axis(ax: Axes, axis: str = "x", decades: float = 0.0) -> None:
+    """Label bytes in B/kB/MB/GB; logarithmic when the data span ``decades`` > 0 decades."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    if decades > 0:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        subs = (1.0, 2.0, 5.0) if decades <= 2 else (1.0,)  # 1-2-5 ticks would crowd many decades
+        target.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
+        target.set_minor_formatter(NullFormatter())
+    target.set_major_formatter(FuncFormatter(human_bytes))
+
+
+def run_title(config_path: Path) -> str:
+    """``"<run.name>: <strategy>, N clients, R rounds"`` from a run folder's ``config.toml``."""
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return config_path.parent.name
+    run, fed = raw.get("run", {}), raw.get("federation", {})
+    return (
+        f"{run.get('name', config_path.parent.name)}: {fed.get('strategy', '?')}, "
+        f"{fed.get('num_clients', '?')} clients, {fed.get('num_rounds', '?')} rounds"
+    )
+
+
+def metrics_figure(rows: Rows, title: str) -> Figure:
+    """Loss, exact-match accuracy and cumulative bytes over rounds of one run.
+
+    Parameters
+    ----------
+    rows : sequence of mapping
+        ``metrics.jsonl``'s rows (only ``kind = "round"`` ones are drawn).
+    title : str
+        The figure's title (scenario name and strategy: :func:`run_title`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three axes: loss (global eval, mean train), accuracy, bytes (up + down, and up).
+    """
+    plt = _pyplot()
+    rounds = [r for r in rows if r.get("kind", "round") == "round"]
+    xs = [r["round"] for r in rounds]
+    fig, (ax_loss, ax_acc, ax_bytes) = plt.subplots(1, 3, figsize=(12, 3.8))
+    ax_loss.plot(xs, [r.get("eval_loss", float("nan")) for r in rounds], "o-", label="global eval")
+    trained = [r for r in rounds if "train_loss" in r]
+    ax_loss.plot(
+        [r["round"] for r in trained], [r["train_loss"] for r in trained], "s--", label="mean train"
+    )
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    scored = [r for r in rounds if "accuracy" in r]
+    ax_acc.plot([r["round"] for r in scored], [r["accuracy"] for r in scored], "o-", color="C2")
+    ax_acc.set_ylabel("global exact-match accuracy")
+    ax_acc.set_ylim(-0.02, 1.02)
+    total, up, cum_total, cum_up = 0, 0, [], []
+    for r in rounds:
+        total += r.get("bytes_up", 0) + r.get("bytes_down", 0)
+        up += r.get("bytes_up", 0)
+        cum_total.append(total)
+        cum_up.append(up)
+    ax_bytes.plot(xs, cum_total, "o-", color="C3", label="up + down")
+    ax_bytes.plot(xs, cum_up, "s--", color="C4", label="up")
+    ax_bytes.set_ylabel("bytes sent, cumulative (all clients)")
+    _byte_axis(ax_bytes, "y")
+    ax_bytes.legend()
+    for ax in (ax_loss, ax_acc, ax_bytes):
+        _integer_rounds(ax)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_metrics(metrics_path: Path, png_path: Path) -> None:
+    """Draw :func:`metrics_figure` of a run folder's ``metrics.jsonl`` into ``png_path``."""
+    fig = metrics_figure(read_metrics(metrics_path), run_title(metrics_path.parent / "config.toml"))
+    fig.savefig(png_path, dpi=100)
+    _pyplot().close(fig)
+
+
+def _mean_band(
+    ax: Axes, xs_runs: list[list[float]], ys_runs: list[list[float]], style: dict, label: str
+) -> None:
+    """Thin per-seed lines, the mean over seeds (thick, marked) and a min-max band."""
+    n = min(len(ys) for ys in ys_runs)
+    for xs, ys in zip(xs_runs, ys_runs, strict=True):
+        ax.plot(xs[:n], ys[:n], color=style["color"], ls=style["linestyle"], lw=0.8, alpha=0.35)
+    x_mean = [statistics.fmean(xs[i] for xs in xs_runs) for i in range(n)]
+    y_mean = [statistics.fmean(ys[i] for ys in ys_runs) for i in range(n)]
+    low = [min(ys[i] for ys in ys_runs) for i in range(n)]
+    high = [max(ys[i] for ys in ys_runs) for i in range(n)]
+    ax.fill_between(x_mean, low, high, color=style["color"], alpha=0.15, lw=0)
+    ax.plot(x_mean, y_mean, lw=2, markersize=5, label=f"{label} (mean of {len(ys_runs)})", **style)
+
+
+def comparison_figure(curves: Mapping[str, Sequence[Rows]], title: str) -> Figure:
+    """Eval loss and accuracy over rounds, and eval loss against bytes sent up, per strategy.
+
+    Each strategy gets its own colour, line style and marker (two strategies with equal curves
+    stay visible: a dashed line over a solid one); each seed is a thin line, the mean over seeds a
+    thick one, and a band spans the seeds' minimum to maximum.
+
+    Parameters
+    ----------
+    curves : mapping of str to sequence of rows
+        Per strategy, per seed, the run's ``kind = "round"`` rows (round 0 first).
+    title : str
+        The figure's title (scenario name).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three axes; each holds, per strategy, one line per seed, one mean line and one band.
+    """
+    plt = _pyplot()
+    fig, (by_round, acc_round, by_bytes) = plt.subplots(1, 3, figsize=(14, 4.2))
+    colors = plt.get_cmap("tab10").colors
+    for k, (strategy, runs) in enumerate(curves.items()):
+        style = {
+            "color": colors[k % len(colors)],
+            "linestyle": _STYLES[k % len(_STYLES)],
+            "marker": _MARKERS[k % len(_MARKERS)],
+        }
+        rounds = [[r["round"] for r in rows] for rows in runs]
+        losses = [[r["eval_loss"] for r in rows] for rows in runs]
+        _mean_band(by_round, rounds, losses, style, strategy)
+        accs = [[r.get("accuracy", float("nan")) for r in rows] for rows in runs]
+        _mean_band(acc_round, rounds, accs, style, strategy)
+        sent = []  # round 0 (the untrained adapter) has sent nothing: trained rounds only
+        for rows in runs:
+            total, xs = 0, []
+            for r in rows[1:]:
+                total += r["bytes_up"]
+                xs.append(total)
+            sent.append(xs)
+        _mean_band(by_bytes, sent, [ys[1:] for ys in losses], style, strategy)
+    by_round.set_ylabel("global eval loss")
+    acc_round.set_ylabel("global exact-match accuracy")
+    for ax in (by_round, acc_round):
+        _integer_rounds(ax)
+    by_bytes.set_ylabel("global eval loss")
+    sent_all = [x for line in by_bytes.lines for x in line.get_xdata() if x > 0]
+    # A log axis only when strategies differ by orders of magnitude (zo's bytes against factors')
+    ratio = max(sent_all) / min(sent_all) if sent_all else 1.0
+    decades = math.log10(ratio) if ratio > LOG_BYTES_ABOVE else 0.0
+    scale = "log scale" if decades else "linear"
+    by_bytes.set_xlabel(f"bytes sent up, cumulative (all clients; {scale})")
+    _byte_axis(by_bytes, "x", decades)
+    for ax in (by_round, acc_round, by_bytes):
+        ax.grid(alpha=0.3, which="major")
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_comparison(curves: Mapping[str, Sequence[Rows]], path: Path, title: str) -> None:
+    """Draw :func:`comparison_figure` into ``path``."""
+    fig = comparison_figure(curves, title)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
