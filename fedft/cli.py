@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from fedft.deploy import cli as deploy_cli
 from fedft.edge import cli as edge_cli
-from fedft.errors import FedftError
+from fedft.errors import FedftError, Interrupted
 from fedft.report import console_logging
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "simulations" / "default.toml"
@@ -108,8 +111,32 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from fedft.simulate import simulate
 
-    simulate(scenario, run_dir, verbose=args.verbose)
+    try:
+        simulate(scenario, run_dir, verbose=args.verbose)
+    except Interrupted:
+        _report_interrupted(run_dir, scenario.federation.num_rounds)
     return 0
+
+
+def _report_interrupted(run_dir: Path, num_rounds: int) -> NoReturn:
+    """Say what an interrupted run keeps and how to continue it; exit 130 at once."""
+    from server.checkpoint import checkpoint_round
+
+    kept = checkpoint_round(run_dir)
+    if kept is None:
+        print(
+            f"interrupted before round 1 finished: nothing to resume in {run_dir}", file=sys.stderr
+        )
+    else:
+        print(f"interrupted: {run_dir} keeps round {kept} of {num_rounds}", file=sys.stderr)
+        print(
+            f"continue with: fedft simulate --resume {shlex.quote(str(run_dir))}", file=sys.stderr
+        )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Flower's client threads may still wait on the stopped Ray workers; the run folder is
+    # complete and Ray is shut down, so nothing is lost by not waiting for them.
+    os._exit(130)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -151,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return edge_cli.run(args)
         if args.command in deploy_cli.COMMANDS:
             return deploy_cli.run(args)
+    except KeyboardInterrupt:  # Ctrl-C before a simulation started: nothing was written
+        print("fedft: interrupted", file=sys.stderr)
+        return 130
     except FedftError as err:
         print(f"fedft: error: {err}", file=sys.stderr)
         return 2

@@ -19,3 +19,7 @@ class ConfigError(FedftError, ValueError):
 
 class ReplyError(FedftError, ValueError):
     """A client's reply cannot be aggregated (names, shapes, dtypes, non-finite values)."""
+
+
+class Interrupted(Exception):
+    """The user stopped a run (Ctrl-C): the run folder keeps its last completed round."""

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 from fedft.config import Scenario
+from fedft.errors import Interrupted
 
 log = logging.getLogger("fedft")
 
@@ -60,8 +66,16 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+# After Ctrl-C the server stops at its next wait for replies; this bounds a round's evaluation.
+STOP_WAIT_S = 30.0
+
+
 def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
-    """Run ``scenario`` with one virtual SuperNode per client; return the run folder."""
+    """Run ``scenario`` with one virtual SuperNode per client; return the run folder.
+
+    Ctrl-C (SIGINT) stops the clients and Ray, lets the server stop where it waits for replies,
+    and raises :class:`~fedft.errors.Interrupted`: the folder keeps its last completed round.
+    """
     # Imported here: `fedft --help` and config errors should not pay for Flower's and Ray's import.
     import torch
     from flwr.simulation import run_simulation
@@ -85,13 +99,39 @@ def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
         scenario.federation.strategy,
         run_dir,
     )
-    run_simulation(
-        server_app=make_server_app(scenario, run_dir),
-        client_app=client_app,
-        num_supernodes=scenario.federation.num_clients,
-        backend_config=backend_config(scenario, cuda_device_count()),
-        verbose_logging=verbose,
-    )
+    stop, server_done = threading.Event(), threading.Event()
+    try:
+        with _stop_on_ctrl_c(stop):
+            run_simulation(
+                server_app=make_server_app(scenario, run_dir, stop, server_done),
+                client_app=client_app,
+                num_supernodes=scenario.federation.num_clients,
+                backend_config=backend_config(scenario, cuda_device_count()),
+                verbose_logging=verbose,
+            )
+    except KeyboardInterrupt:
+        # Flower has stopped its workers and Ray by now; the server thread notices `stop` where
+        # it waits for replies, so nothing it writes is left half-done.
+        server_done.wait(STOP_WAIT_S)
+        raise Interrupted from None
     if not ((run_dir / "adapter").is_dir() or (run_dir / "zo_weights.safetensors").is_file()):
         raise RuntimeError(f"the simulation ended without writing its output into {run_dir}")
     return run_dir
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(stop: threading.Event) -> Iterator[None]:
+    """On the first SIGINT: set ``stop``, mute Flower, ignore further SIGINTs, raise."""
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
+        stop.set()
+        logging.getLogger("flwr").setLevel(logging.CRITICAL + 1)  # its workers' dying words
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        if not stop.is_set():
+            signal.signal(signal.SIGINT, previous)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,26 @@ def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:
     return load_scenario(path, shlex.split(str(run_config.get("set", ""))))
 
 
-def make_server_app(scenario: Scenario, run_dir: Path) -> ServerApp:
-    """A ServerApp bound to an already validated scenario (used by ``fedft simulate``)."""
+def make_server_app(
+    scenario: Scenario,
+    run_dir: Path,
+    stop: threading.Event | None = None,
+    done: threading.Event | None = None,
+) -> ServerApp:
+    """A ServerApp bound to an already validated scenario (used by ``fedft simulate``).
+
+    Setting ``stop`` ends the run while it waits for replies (see :func:`run_federation`);
+    ``done`` is set when the ServerApp returns or raises.
+    """
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, scenario, run_dir)
+        try:
+            run_federation(grid, scenario, run_dir, stop)
+        finally:
+            if done is not None:
+                done.set()
 
     return server_app
 

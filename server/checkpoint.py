@@ -70,3 +70,12 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         )
     except (ValueError, KeyError, OSError) as err:
         raise ConfigError("run.resume_dir", f"unreadable checkpoint {path}: {err}") from None
+
+
+def checkpoint_round(run_dir: Path) -> int | None:
+    """The last completed round ``run_dir``'s checkpoint holds (None without a checkpoint)."""
+    path = run_dir / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        return int((f.metadata() or {})["round"])

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
 from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.config import Scenario
 from fedft.data import encode_examples
-from fedft.errors import FedftError
+from fedft.errors import FedftError, Interrupted
 from fedft.models import load_peft_model
 from fedft.records import factors_to_record, record_to_factors, scenario_to_config
 from fedft.report import RunRecorder
@@ -52,11 +54,38 @@ def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
     return FedIT(**common)
 
 
-def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
+def send_and_receive(
+    grid: Grid, messages: Iterable[Message], timeout: float, stop: threading.Event | None
+) -> list[Message]:
+    """``grid.send_and_receive``, but raising :class:`Interrupted` soon after ``stop`` is set.
+
+    Flower's own call waits for every reply or the whole timeout, whatever else happens.
+    """
+    if stop is None:
+        return list(grid.send_and_receive(messages, timeout=timeout))
+    pending = set(grid.push_messages(messages))
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        if stop.is_set():
+            raise Interrupted
+        new = list(grid.pull_messages(pending))
+        replies.extend(new)
+        pending -= {m.metadata.reply_to_message_id for m in new}
+        if pending:
+            stop.wait(0.1)
+    return replies
+
+
+def run_federation(
+    grid: Grid, scenario: Scenario, run_dir: Path, stop: threading.Event | None = None
+) -> Path:
     """Run every round of ``scenario`` on ``grid`` and leave the run folder in ``run_dir``.
 
     With ``run.resume_dir`` set, continue that run folder from its checkpoint instead: no
     completed round is lost, and the rounds still to run see the same seeds as uninterrupted.
+    Setting ``stop`` ends the run with :class:`Interrupted` while it waits for replies, so the
+    folder keeps the last completed round and nothing half-written.
     """
     resume = bool(scenario.run.resume_dir)
     if resume:
@@ -112,7 +141,7 @@ def run_federation(grid: Grid, scenario: Scenario, run_dir: Path) -> Path:
         # Sampling is seeded per round, so a resumed run samples as the uninterrupted one.
         random.seed(scenario.run.seed * 1_000_003 + server_round)
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
-        replies = grid.send_and_receive(messages, timeout=scenario.federation.round_timeout_s)
+        replies = send_and_receive(grid, messages, scenario.federation.round_timeout_s, stop)
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
