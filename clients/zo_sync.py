@@ -41,7 +41,13 @@ def synced_factors(scenario: Scenario, context: Context, msg: Message) -> dict[s
         synced = int(config[ZO_CHECKPOINT_ROUND_KEY])
     history = config.get(ZO_HISTORY_KEY, b"")
     if history:
-        missed = [h for h in decode_history(history, scenario.run.seed) if h.round > synced]
+        missed = [
+            h
+            for h in decode_history(
+                history, scenario.run.seed, scenario.zo.pool_size, scenario.federation.num_rounds
+            )
+            if h.round > synced
+        ]
         replay_history_(
             [factors[n] for n in sorted(factors)], missed, scenario.run.seed, scenario.zo.lr
         )

@@ -216,6 +216,53 @@ class ZoSection:
         return self.grad_clip / 127 if self.grad_encoding == "int8" else None
 
 
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multi_krum")
+
+
+@dataclass(frozen=True)
+class RobustSection:
+    """What the server lets a reply weigh and change, and how it combines the factors.
+
+    Every reply's weight is ``min(num-examples, max_num_examples, median_multiple x the round's
+    median claim)`` (the median rule with >= 3 replies only), and its change must satisfy
+    ``||X_k - X|| <= min(max_update_norm, max_relative_update x ||X||)`` (``X`` the round's global
+    factors), with ``B_k A_k`` finite in float32 for every LoRA module. On top, with >= 3 replies,
+    a change over ``norm_outlier_factor`` x the median of the others' is dropped.
+
+    ``aggregator``: ``mean`` (the strategy's weighted average), ``median`` / ``trimmed_mean``
+    (coordinate-wise over the factors, unweighted, as Flower's FedMedian / FedTrimmedAvg; ``fedit``
+    only), ``krum`` / ``multi_krum`` (keep the reply, or the ``n - byzantine`` replies, with the
+    lowest Krum score, then aggregate them as the strategy does).
+    """
+
+    aggregator: Literal["mean", "median", "trimmed_mean", "krum", "multi_krum"] = "mean"
+    trim_fraction: float = 0.1
+    byzantine: int = 1
+    max_num_examples: int = 1_000_000
+    median_multiple: float = 10.0
+    max_update_norm: float = 1e4
+    max_relative_update: float = 10.0
+    norm_outlier_factor: float = 10.0
+
+    def __post_init__(self) -> None:
+        check(
+            0 <= self.trim_fraction < 0.5,
+            "robust.trim_fraction",
+            f"must be in [0, 0.5), got {self.trim_fraction}",
+        )
+        check(self.byzantine >= 0, "robust.byzantine", f"must be >= 0, got {self.byzantine}")
+        # Weights stay integers far below 2**53, so their float sum is exact.
+        check(
+            0 < self.max_num_examples <= 2**40,
+            "robust.max_num_examples",
+            f"must be in [1, 2**40], got {self.max_num_examples}",
+        )
+        check(self.median_multiple >= 1, "robust.median_multiple", "must be >= 1")
+        check(self.max_update_norm > 0, "robust.max_update_norm", "must be > 0")
+        check(self.max_relative_update > 0, "robust.max_relative_update", "must be > 0")
+        check(self.norm_outlier_factor > 1, "robust.norm_outlier_factor", "must be > 1")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """A client's local first-order training in each round."""
@@ -330,6 +377,7 @@ class Scenario:
     federation: FederationConfig = field(default_factory=FederationConfig)
     lora_fair: LoraFairSection = field(default_factory=LoraFairSection)
     zo: ZoSection = field(default_factory=ZoSection)
+    robust: RobustSection = field(default_factory=RobustSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
@@ -348,6 +396,21 @@ class Scenario:
                     pid not in seen, "client_groups.partitions", f"partition {pid} is listed twice"
                 )
                 seen.add(pid)
+
+        aggregator = self.robust.aggregator
+        if aggregator in ("median", "trimmed_mean"):
+            check(
+                self.federation.strategy == "fedit",
+                "robust.aggregator",
+                f"{aggregator!r} combines factors coordinate-wise: fedit only (LoRA-FAIR's target "
+                "is the weighted mean of B_k A_k, zo's the weighted sum per seed); use krum",
+            )
+        if aggregator != "mean":
+            check(
+                self.federation.strategy != "zo",
+                "robust.aggregator",
+                "a zo run sums bounded scalars per seed: only 'mean' applies",
+            )
 
         if self.zo.trainable_modules:
             check(

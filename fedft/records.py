@@ -29,8 +29,16 @@ def factors_to_record(factors: Mapping[str, torch.Tensor]) -> ArrayRecord:
     return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in factors.items()})
 
 
-def record_to_factors(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """Unpack an ArrayRecord into tensors, turning undecodable arrays into :class:`ReplyError`."""
+def record_to_factors(
+    record: ArrayRecord, template: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Unpack an ArrayRecord into tensors, turning undecodable arrays into :class:`ReplyError`.
+
+    With ``template`` (the global state), names and serialized sizes are checked against it before
+    anything is decoded: a reply cannot make the server allocate more than the global state holds.
+    """
+    if template is not None:
+        _check_record_sizes(record, template)
     out = {}
     for name in record:
         try:
@@ -38,6 +46,21 @@ def record_to_factors(record: ArrayRecord) -> dict[str, torch.Tensor]:
         except Exception as err:  # any decode failure is the sender's fault
             raise ReplyError(f"reply: tensor {name!r} cannot be decoded ({err})") from None
     return out
+
+
+_HEADER_SLACK = 1024  # an .npy header is well under this
+
+
+def _check_record_sizes(record: ArrayRecord, template: Mapping[str, torch.Tensor]) -> None:
+    for name in record:
+        if name not in template:
+            raise ReplyError(f"reply: unknown tensor {name!r}")
+        expected = template[name].numel() * template[name].element_size()
+        if len(record[name].data) > expected + _HEADER_SLACK:
+            raise ReplyError(
+                f"reply: tensor {name!r} holds {len(record[name].data)} bytes, "
+                f"the global tensor {expected}"
+            )
 
 
 def record_nbytes(record: ArrayRecord) -> int:

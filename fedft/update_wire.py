@@ -238,23 +238,22 @@ def decode_update(
             raise WireError("name", "appears twice", entry.name)
         if entry.encoding not in _NAMES:
             raise WireError("encoding", f"unknown value {entry.encoding}", entry.name)
+        if template is not None:  # names and shapes bound what is decoded, before any allocation
+            _check_entry(entry.name, tuple(entry.shape), template)
         out[entry.name] = _decode_tensor(entry)
     if template is not None:
         _check_template(out, template)
     return out
 
 
+def _check_entry(name: str, shape: tuple[int, ...], template: Mapping[str, torch.Tensor]) -> None:
+    if name not in template:
+        raise WireError("name", "is not a tensor of the global state", name)
+    if shape != tuple(template[name].shape):
+        raise WireError("shape", f"{shape}, expected {tuple(template[name].shape)}", name)
+
+
 def _check_template(got: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor]) -> None:
-    for name in got:
-        if name not in template:
-            raise WireError("name", "is not a tensor of the global state", name)
     missing = [name for name in template if name not in got]
     if missing:
         raise WireError("tensors", f"missing ({len(missing)} missing)", missing[0])
-    for name, tensor in got.items():
-        if tuple(tensor.shape) != tuple(template[name].shape):
-            raise WireError(
-                "shape",
-                f"{tuple(tensor.shape)}, expected {tuple(template[name].shape)}",
-                name,
-            )

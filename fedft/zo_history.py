@@ -59,8 +59,15 @@ def encode_history(history: Sequence[RoundAggregate], run_seed: int) -> bytes:
     return message.SerializeToString()
 
 
-def decode_history(data: bytes, run_seed: int) -> list[RoundAggregate]:
-    """Parse and check a ``fedft.v1.ZoHistory`` (version, pools, lengths, order, finiteness)."""
+def decode_history(
+    data: bytes, run_seed: int, pool_size: int, max_round: int | None = None
+) -> list[RoundAggregate]:
+    """Parse and check a ``fedft.v1.ZoHistory`` (version, pools, lengths, order, finiteness).
+
+    Bounded by the run's config before anything is allocated: every round's pool must be the run's
+    ``pool_size`` (replaying builds the pool's seeds) and, when given, rounds at most
+    ``max_round`` (the scenario's ``federation.num_rounds``).
+    """
     message = zo_pb2.ZoHistory()
     try:
         message.ParseFromString(bytes(data))
@@ -73,8 +80,10 @@ def decode_history(data: bytes, run_seed: int) -> list[RoundAggregate]:
         where = f"rounds[{entry.round}]"
         if entry.round <= last_round:
             raise WireError(where, "rounds must be strictly increasing and > 0")
-        if entry.pool_size == 0:
-            raise WireError(f"{where}.pool_size", "must be >= 1")
+        if entry.pool_size != pool_size:
+            raise WireError(f"{where}.pool_size", f"{entry.pool_size}, this run's is {pool_size}")
+        if max_round is not None and entry.round > max_round:
+            raise WireError(where, f"beyond the run's {max_round} rounds")
         if entry.pool_id != seed_pool_id(run_seed, entry.round, entry.pool_size):
             raise WireError(f"{where}.pool_id", "does not match this run's seed pool")
         if len(entry.seed_indices) % 4 or len(entry.values) != len(entry.seed_indices):

@@ -194,6 +194,29 @@ def _decode_grads(message: zo_pb2.ZoReply) -> list[float]:
     return grads
 
 
+def _check_expected(
+    message: zo_pb2.ZoReply,
+    encodings: dict[int, str],
+    choices: dict[int, str],
+    grad_encoding: str | None,
+    seed_choice: str | None,
+    grad_scale: float | None,
+) -> None:
+    """Refuse a reply whose encoding, seed choice or int8 scale is not the run's."""
+    got = encodings[message.grad_encoding]
+    if grad_encoding is not None and got != grad_encoding:
+        raise WireError("grad_encoding", f"{got!r}, but this run uses {grad_encoding!r}")
+    choice = choices[message.seed_choice]
+    if seed_choice is not None and choice != seed_choice:
+        raise WireError("seed_choice", f"{choice!r}, but this run uses {seed_choice!r}")
+    if grad_scale is not None and got == "int8":
+        fixed = float(np.float32(grad_scale))
+        if message.scale != fixed:
+            raise WireError(
+                "scale", f"{message.scale:.9g}, but this run's fixed scale is {fixed:.9g}"
+            )
+
+
 def decode_zo_reply(
     data: bytes,
     pool_size: int,
@@ -202,6 +225,10 @@ def decode_zo_reply(
     pool_id: int | None = None,
     round: int | None = None,
     num_clients: int | None = None,
+    grad_encoding: str | None = None,
+    seed_choice: str | None = None,
+    grad_scale: float | None = None,
+    grad_clip: float | None = None,
 ) -> ZoReplyMessage:
     """Parse and validate a zo reply.
 
@@ -217,6 +244,15 @@ def decode_zo_reply(
         When given, the reply must name this pool and round.
     num_clients : int, optional
         When given, the reply's client index must be below it.
+    grad_encoding, seed_choice : str, optional
+        When given, the reply must use this encoding (``int8`` / ``fp32``) and seed choice
+        (``derived`` / ``explicit``): the run's configuration, not the client's choice.
+    grad_scale : float, optional
+        The run's fixed int8 scale (``zo.grad_clip / 127``): an int8 reply must carry exactly its
+        float32 value, so no client can scale its steps up.
+    grad_clip : float, optional
+        When given, every decoded ``|g|`` must be at most this (fp32 replies; an int8 reply at the
+        fixed scale is bounded by construction).
 
     Returns
     -------
@@ -229,7 +265,8 @@ def decode_zo_reply(
         On an unparsable message, a wrong version, pool or round, an unknown encoding, more steps
         than ``max_steps``, a client index outside the scenario, byte lengths that do not match
         ``num_steps``, a seed index outside the pool, a non-finite or negative scale, a -128 code
-        or a non-finite float32 ``g``.
+        or a non-finite float32 ``g``; an encoding, seed choice or scale other than the run's, or
+        a ``|g|`` above ``grad_clip``. Sizes are checked before anything is derived or allocated.
     """
     message = zo_pb2.ZoReply()
     try:
@@ -251,8 +288,14 @@ def decode_zo_reply(
         raise WireError("grad_encoding", f"unknown value {message.grad_encoding}")
     if message.seed_choice not in choices:
         raise WireError("seed_choice", f"unknown value {message.seed_choice}")
+    _check_expected(message, encodings, choices, grad_encoding, seed_choice, grad_scale)
+    grads = _decode_grads(message)  # checks the byte lengths against num_steps first
+    if grad_clip is not None:
+        over = np.flatnonzero(np.abs(np.asarray(grads, np.float64)) > grad_clip)
+        if over.size:
+            t = int(over[0])
+            raise WireError("grads", f"step {t}: |g| = {abs(grads[t]):.6g} > zo.grad_clip")
     indices = _decode_indices(message, pool_size)
-    grads = _decode_grads(message)
     return ZoReplyMessage(
         pool_id=message.pool_id,
         round=message.round,

@@ -40,6 +40,7 @@ def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
         "zo": scenario.zo,
         "run_seed": scenario.run.seed,
         "num_clients": fed.num_clients,
+        "robust": scenario.robust,
         "fraction_train": fed.fraction_train,
         "fraction_evaluate": 0.0,
         "min_train_nodes": fed.min_train_clients,

@@ -11,6 +11,7 @@ general; :mod:`fedft.algorithms.lora_fair` corrects that bias.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -28,7 +29,7 @@ def normalized_weights(weights: Sequence[float]) -> list[float]:
         raise ValueError("no client weights: nothing to aggregate")
     if any(not (w >= 0 and w < float("inf")) for w in weights):
         raise ValueError(f"client weights must be finite and >= 0, got {list(weights)}")
-    total = float(sum(weights))
+    total = math.fsum(float(w) for w in weights)  # correctly rounded: exact for integer counts
     if total <= 0:
         raise ValueError("client weights sum to 0 (every client reported 0 examples)")
     return [float(w) / total for w in weights]

@@ -1,8 +1,15 @@
-"""Checks a client's reply must pass before it may touch the global state."""
+"""Checks a client's reply must pass before it may touch the global state.
+
+Per reply (no other reply needed): :func:`validate_factors` (names, shapes, dtypes, finite values),
+:func:`check_update_limits` (the change is bounded, absolutely and relative to the global factors)
+and :func:`check_lora_products` (every module's ``B A`` is finite in float32). Per round:
+:func:`bounded_weights` (what a claimed example count may weigh) and :func:`norm_outliers`.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -10,6 +17,9 @@ import torch
 
 from fedft.adapters import check_same_layout
 from fedft.errors import ReplyError
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FACTOR_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
 
 
 def validate_factors(
@@ -91,3 +101,84 @@ def norm_outliers(deltas_norms: Sequence[float], factor: float = 10.0) -> list[i
         if not math.isfinite(norm) or (others.size and norm > factor * np.median(others)):
             out.append(k)
     return out
+
+
+def check_update_limits(
+    factors: Mapping[str, torch.Tensor],
+    start: Mapping[str, torch.Tensor],
+    max_norm: float,
+    max_relative: float,
+) -> float:
+    """Raise :class:`ReplyError` unless ``||X_k - X|| <= min(max_norm, max_relative ||X||)``.
+
+    ``X`` is the round's global state (``start``) and ``X_k`` the reply; both norms are
+    Frobenius over all tensors (:func:`update_norm`). The relative limit needs no other reply, so
+    it holds with one or two replies too, where :func:`norm_outliers` has no majority to go by;
+    with a zero global state only the absolute limit applies.
+
+    Returns
+    -------
+    float
+        The reply's update norm.
+    """
+    norm = update_norm(factors, start)
+    size = update_norm(start, {k: torch.zeros_like(v) for k, v in start.items()})
+    limit = min(max_norm, max_relative * size) if size > 0 else max_norm
+    if not norm <= limit:
+        raise ReplyError(
+            f"update norm {norm:.4g} is over the limit {limit:.4g} "
+            f"(min of robust.max_update_norm and robust.max_relative_update x {size:.4g})"
+        )
+    return norm
+
+
+def lora_pairs(names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``{module: (A name, B name)}`` for every ``<module>.lora_A.weight`` with its ``lora_B``."""
+    found: dict[str, dict[str, str]] = {}
+    for name in names:
+        match = _FACTOR_KEY.match(name)
+        if match:
+            found.setdefault(match["module"], {})[match["factor"]] = name
+    return {m: (f["A"], f["B"]) for m, f in sorted(found.items()) if f.keys() == {"A", "B"}}
+
+
+def check_lora_products(factors: Mapping[str, torch.Tensor]) -> None:
+    r"""Raise :class:`ReplyError` unless every module's ``B A`` is finite in float32.
+
+    Without forming ``B A`` (d x k): each entry and each partial sum of ``(B A)_{ij} = \sum_l
+    B_{il} A_{lj}`` is at most ``||B_i|| ||A_{:j}|| <= ||B||_F ||A||_F`` in magnitude
+    (Cauchy-Schwarz), so ``||B||_F ||A||_F`` (in float64) below half of float32's maximum
+    guarantees a finite product, and the margin leaves room for the LoRA scale and the base weight.
+    Costs ``O(r (d + k))`` per module.
+    """
+    for module, (a_name, b_name) in lora_pairs(list(factors)).items():
+        a = factors[a_name].detach().to(torch.float64)
+        b = factors[b_name].detach().to(torch.float64)
+        bound = float(torch.linalg.vector_norm(a)) * float(torch.linalg.vector_norm(b))
+        if not bound < FLOAT32_MAX / 2:
+            raise ReplyError(
+                f"module {module!r}: ||B|| ||A|| = {bound:.4g}, B A could overflow float32"
+            )
+
+
+def bounded_weights(
+    claims: Sequence[float], max_num_examples: float, median_multiple: float
+) -> list[float]:
+    """Each reply's aggregation weight: its claimed example count, capped.
+
+    ``w_k = min(n_k, max_num_examples, median_multiple * median_j n_j)``; the median term applies
+    with >= 3 replies (with fewer there is no majority whose median an attacker cannot move).
+    Claims must already be finite and > 0 (see :func:`validate_factors`). No reply can then claim
+    its way over the others, and the weights' sum is exact: capped integers stay far below 2**53.
+
+    Examples
+    --------
+    >>> bounded_weights([10, 20, 1e12], max_num_examples=1e6, median_multiple=10)
+    [10.0, 20.0, 200.0]
+    >>> bounded_weights([10, 1e12], max_num_examples=1e6, median_multiple=10)
+    [10.0, 1000000.0]
+    """
+    cap = float(max_num_examples)
+    if len(claims) >= 3:
+        cap = min(cap, median_multiple * float(np.median(np.asarray(claims, np.float64))))
+    return [min(float(n), cap) for n in claims]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -15,9 +17,17 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedft.adapters import factors_digest
 from fedft.algorithms.fedavg import weighted_average
-from fedft.algorithms.validation import norm_outliers, update_norm, validate_factors
+from fedft.algorithms.robust import coordinate_median, krum_select, trimmed_mean
+from fedft.algorithms.validation import (
+    bounded_weights,
+    check_lora_products,
+    check_update_limits,
+    norm_outliers,
+    update_norm,
+    validate_factors,
+)
 from fedft.algorithms.zo import ZoRecord, seed_pool_id
-from fedft.config import ZoSection
+from fedft.config import RobustSection, ZoSection
 from fedft.errors import ReplyError
 from fedft.records import (
     UPDATE_KEY,
@@ -45,6 +55,12 @@ class ClientUpdate:
     bytes_up: int
     records: tuple[ZoRecord, ...] = ()  # a zo client's steps (its factors are rebuilt from them)
 
+    @property
+    def order(self) -> tuple[float, int]:
+        """Aggregation order: the client's partition id (reported, so only if sane), then node."""
+        partition = self.metrics.get("partition", math.inf)
+        return (partition if math.isfinite(partition) else math.inf, self.node_id)
+
 
 ClientLog = Callable[[int, ClientUpdate, int], None]
 
@@ -52,8 +68,15 @@ ClientLog = Callable[[int, ClientUpdate, int], None]
 class FedIT(FedAvg):
     """Weighted FedAvg of each LoRA factor (FedIT), validating every reply first.
 
-    Subclasses override :meth:`aggregate_factors` only; validation, logging of dropped replies and
-    byte accounting stay here.
+    Subclasses override :meth:`aggregate_factors` (and :meth:`commit`, for state beyond the
+    factors) only; validation, logging of dropped replies and byte accounting stay here.
+
+    What a round's replies go through, in order: one reply per node (a later one is dropped);
+    per reply, the decode and :meth:`check_factors` (layout, finiteness, update limits, finite
+    ``B A``); the norm-outlier test (>= 3 replies); weights capped by
+    :func:`fedft.algorithms.validation.bounded_weights`; at least ``min_train_nodes`` replies;
+    Krum's selection if configured; the aggregate, checked finite before it becomes the global
+    state. Any failure past the replies leaves the global state as it was, logged with the round.
 
     Parameters
     ----------
@@ -65,11 +88,11 @@ class FedIT(FedAvg):
         The run's seed, from which every round's seed pool derives.
     num_clients : int, optional
         The scenario's client count: a zo reply's client index must be below it.
+    robust : RobustSection, optional
+        Reply limits and the aggregator (``mean``, ``median``, ``trimmed_mean``, ``krum``, ...).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
-
-    norm_outlier_factor = 10.0  # a reply changing the factors > 10x the others' median is dropped
 
     def __init__(
         self,
@@ -77,10 +100,12 @@ class FedIT(FedAvg):
         zo: ZoSection | None = None,
         run_seed: int = 0,
         num_clients: int | None = None,
+        robust: RobustSection | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.on_client = on_client
+        self.robust = robust or RobustSection()
         self.zo = zo or ZoSection()
         self.run_seed = run_seed
         self.num_clients = num_clients
@@ -144,8 +169,49 @@ class FedIT(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate replies, drop bad ones with a log line naming the node, aggregate the rest."""
-        updates = []
+        """Screen the replies (see the class docstring), aggregate the rest, check the result.
+
+        Never raises for what a reply holds: a bad reply is dropped with a log line naming the
+        node, and a round whose aggregation fails keeps the global state, logged with the round.
+        """
+        self.round_metrics = {}
+        updates = self.screen(server_round, replies)
+        needed = max(1, self.min_train_nodes)
+        if len(updates) < needed:
+            log.warning(
+                "round %d: %d valid replies, fewer than the %d a round needs "
+                "(federation.min_train_clients); the global state is unchanged",
+                server_round,
+                len(updates),
+                needed,
+            )
+            return None, MetricRecord(self.round_metrics)
+        # A fixed order (the clients' partition ids) makes float sums, and so runs, reproducible.
+        updates.sort(key=lambda u: u.order)
+        started = time.perf_counter()
+        try:
+            kept = self.select(server_round, updates)
+            factors = self.aggregate_factors(server_round, kept)
+            validate_factors(factors, self.global_factors, 1.0)
+            check_lora_products(factors)
+        except Exception as err:  # a bug or an unforeseen reply must never end the run
+            log.error(
+                "round %d: aggregation failed (%s: %s); the global state is unchanged",
+                server_round,
+                type(err).__name__,
+                err,
+            )
+            return None, MetricRecord(self.round_metrics)
+        self.commit(server_round, kept)
+        if self.on_client is not None:
+            for update in updates:
+                self.on_client(server_round, update, self.bytes_down.get(update.node_id, 0))
+        self.round_metrics["aggregate_s"] = time.perf_counter() - started
+        return factors_to_record(factors), MetricRecord(self.round_metrics)
+
+    def screen(self, server_round: int, replies: Iterable[Message]) -> list[ClientUpdate]:
+        """The round's valid replies: decoded, checked, outliers dropped, weights bounded."""
+        updates, seen = [], set()
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -153,27 +219,43 @@ class FedIT(FedAvg):
                 self.scenario_holders.discard(node)
                 log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
                 continue
+            if node in seen or node not in self.bytes_down:
+                why = "a second reply this round" if node in seen else "it was sent nothing"
+                log.warning("round %d: dropped reply of node %d: %s", server_round, node, why)
+                continue
+            seen.add(node)
             self.scenario_holders.add(node)
             try:
-                update = self.parse_reply(msg)
+                updates.append(self.parse_reply(msg))
             except ReplyError as err:
                 log.warning("round %d: dropped reply of node %d: %s", server_round, node, err)
-                continue
-            updates.append(update)
-        updates = self.drop_norm_outliers(server_round, updates)
-        if self.on_client is not None:
-            for update in updates:
-                self.on_client(server_round, update, self.bytes_down.get(update.node_id, 0))
-        # A fixed order (the clients' partition ids) makes float sums, and so runs, reproducible.
-        updates.sort(key=lambda u: (u.metrics.get("partition", float("inf")), u.node_id))
-        self.round_metrics = {}
-        if not updates:
-            log.warning("round %d: no valid reply; the global state is unchanged", server_round)
-            return None, MetricRecord(self.round_metrics)
-        started = time.perf_counter()
-        factors = self.aggregate_factors(server_round, updates)
-        self.round_metrics["aggregate_s"] = time.perf_counter() - started
-        return factors_to_record(factors), MetricRecord(self.round_metrics)
+            except Exception as err:  # a decoder's gap must drop the reply, not end the run
+                log.warning(
+                    "round %d: dropped reply of node %d: malformed (%s: %s)",
+                    server_round,
+                    node,
+                    type(err).__name__,
+                    err,
+                )
+        return self.bound_weights(server_round, self.drop_norm_outliers(server_round, updates))
+
+    def bound_weights(self, server_round: int, updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        """Cap each reply's weight (:func:`fedft.algorithms.validation.bounded_weights`), logged."""
+        claims = [u.num_examples for u in updates]
+        weights = bounded_weights(claims, self.robust.max_num_examples, self.robust.median_multiple)
+        for update, claim, weight in zip(updates, claims, weights, strict=True):
+            if weight < claim:
+                log.warning(
+                    "round %d: node %d claims %.6g examples; weighted as %.6g "
+                    "(robust.max_num_examples, robust.median_multiple x the round's median)",
+                    server_round,
+                    update.node_id,
+                    claim,
+                    weight,
+                )
+        return [
+            dataclasses.replace(u, num_examples=w) for u, w in zip(updates, weights, strict=True)
+        ]
 
     def drop_norm_outliers(
         self, server_round: int, updates: list[ClientUpdate]
@@ -184,8 +266,9 @@ class FedIT(FedAvg):
         """
         if len(updates) < 3 or not all(u.factors for u in updates):
             return updates
+        factor = self.robust.norm_outlier_factor
         norms = [update_norm(u.factors, self.global_factors) for u in updates]
-        outliers = set(norm_outliers(norms, self.norm_outlier_factor))
+        outliers = set(norm_outliers(norms, factor))
         for k in sorted(outliers):
             log.warning(
                 "round %d: dropped reply of node %d: update norm %.4g is more than %g x the "
@@ -193,9 +276,33 @@ class FedIT(FedAvg):
                 server_round,
                 updates[k].node_id,
                 norms[k],
-                self.norm_outlier_factor,
+                factor,
             )
         return [u for k, u in enumerate(updates) if k not in outliers]
+
+    def select(self, server_round: int, updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        """The replies Krum / Multi-Krum keep (``robust.aggregator``); all of them otherwise."""
+        aggregator = self.robust.aggregator
+        if aggregator not in ("krum", "multi_krum") or not all(u.factors for u in updates):
+            return updates
+        f = self.robust.byzantine
+        keep = 1 if aggregator == "krum" else max(1, len(updates) - f)
+        kept = krum_select([u.factors for u in updates], f, keep)
+        left = [u.node_id for k, u in enumerate(updates) if k not in kept]
+        if left:
+            log.info("round %d: %s left out nodes %s", server_round, aggregator, left)
+        return [updates[k] for k in kept]
+
+    def check_factors(self, factors: Mapping[str, torch.Tensor], num_examples: float) -> None:
+        """Raise :class:`ReplyError` unless a reply's factors may enter the aggregate."""
+        validate_factors(factors, self.global_factors, num_examples)
+        check_update_limits(
+            factors,
+            self.global_factors,
+            self.robust.max_update_norm,
+            self.robust.max_relative_update,
+        )
+        check_lora_products(factors)
 
     def parse_reply(self, msg: Message) -> ClientUpdate:
         """Turn a reply into a :class:`ClientUpdate`, raising :class:`ReplyError` if it is bad."""
@@ -203,7 +310,7 @@ class FedIT(FedAvg):
         if len(content.metric_records) != 1:
             raise ReplyError("reply must hold exactly one MetricRecord")
         metrics = next(iter(content.metric_records.values()))
-        num_examples = float(metrics.get(self.weighted_by_key, 0.0))  # type: ignore[arg-type]
+        num_examples = self.num_examples(metrics)
         node = msg.metadata.src_node_id
         common = {
             "node_id": node,
@@ -213,7 +320,7 @@ class FedIT(FedAvg):
         if ZO_REPLY_KEY in content.config_records:
             payload, records = self.parse_zo_records(content, node)
             factors = self.rebuild(records)
-            validate_factors(factors, self.global_factors, num_examples)
+            self.check_factors(factors, num_examples)
             common["metrics"]["zo_rebuild_exact"] = self.check_digest(
                 common["metrics"], "end_digest", factors, node
             )
@@ -223,14 +330,23 @@ class FedIT(FedAvg):
             if not isinstance(payload, bytes):
                 raise ReplyError(f"reply: `{UPDATE_KEY}.{UPDATE_KEY}` must be bytes")
             factors = decode_update(payload, template=self.global_factors)
-            validate_factors(factors, self.global_factors, num_examples)
+            self.check_factors(factors, num_examples)
             return ClientUpdate(factors=factors, bytes_up=len(payload), **common)
         if len(content.array_records) != 1:
             raise ReplyError("reply must hold exactly one ArrayRecord (or a zo record)")
         record = next(iter(content.array_records.values()))
-        factors = record_to_factors(record)
-        validate_factors(factors, self.global_factors, num_examples)
+        factors = record_to_factors(record, template=self.global_factors)
+        self.check_factors(factors, num_examples)
         return ClientUpdate(factors=factors, bytes_up=record_nbytes(record), **common)
+
+    def num_examples(self, metrics: Mapping[str, object]) -> float:
+        """The reply's claimed example count: a finite number > 0 (capped later, per round)."""
+        value = metrics.get(self.weighted_by_key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ReplyError(f"`{self.weighted_by_key}` must be a number, got {value!r}")
+        if not 0 < value < math.inf:
+            raise ReplyError(f"num-examples must be a finite number > 0, got {value}")
+        return float(value)
 
     def parse_zo_records(
         self, content: RecordDict, node: int
@@ -246,6 +362,10 @@ class FedIT(FedAvg):
             pool_id=seed_pool_id(self.run_seed, self.current_round, self.zo.pool_size),
             round=self.current_round,
             num_clients=self.num_clients,
+            grad_encoding=self.zo.grad_encoding,
+            seed_choice="derived",
+            grad_scale=self.zo.grad_scale,
+            grad_clip=self.zo.grad_clip,
         )
         other = self.zo_clients.setdefault(reply.client, node)
         if other != node:  # valid, but the two replies stepped along the same seeds
@@ -264,7 +384,7 @@ class FedIT(FedAvg):
         """1.0 if the client's reported digest equals the server's tensors', else 0.0 (logged)."""
         if key not in metrics:
             return float("nan")
-        exact = int(metrics[key]) == factors_digest(factors)
+        exact = math.isfinite(metrics[key]) and int(metrics[key]) == factors_digest(factors)
         if not exact:
             log.warning(
                 "round %d: node %d's %s differs from the server's", self.current_round, node, key
@@ -280,5 +400,17 @@ class FedIT(FedAvg):
     def aggregate_factors(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> Mapping[str, torch.Tensor]:
-        """FedIT: ``A_bar = sum_k p_k A_k`` and ``B_bar = sum_k p_k B_k``, p_k by examples."""
-        return weighted_average([u.factors for u in updates], [u.num_examples for u in updates])
+        """FedIT: ``A_bar = sum_k p_k A_k`` and ``B_bar = sum_k p_k B_k``, p_k by examples.
+
+        With ``robust.aggregator`` ``median`` or ``trimmed_mean``, the coordinate-wise median or
+        trimmed mean of the factors instead (:mod:`fedft.algorithms.robust`).
+        """
+        states = [u.factors for u in updates]
+        if self.robust.aggregator == "median":
+            return coordinate_median(states)
+        if self.robust.aggregator == "trimmed_mean":
+            return trimmed_mean(states, self.robust.trim_fraction)
+        return weighted_average(states, [u.num_examples for u in updates])
+
+    def commit(self, server_round: int, updates: list[ClientUpdate]) -> None:
+        """Keep what the accepted aggregate changes beyond the factors (nothing for FedIT)."""

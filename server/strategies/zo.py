@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -42,6 +43,7 @@ class ZoStrategy(FedIT):
         self.history: list[RoundAggregate] = []
         self.synced: dict[int, int] = {}
         self.encoded: dict[int, bytes] = {}  # this round's history bytes, per synced round
+        self.pending: RoundAggregate | None = None  # the aggregate checked, not yet committed
 
     def state(self) -> dict:
         """The aggregate history (base64 ``fedft.v1.ZoHistory``) and each node's synced round."""
@@ -50,7 +52,9 @@ class ZoStrategy(FedIT):
 
     def load_state(self, state: dict) -> None:
         """Restore the history and synced rounds of a checkpoint."""
-        self.history = decode_history(base64.b64decode(state["history"]), self.run_seed)
+        self.history = decode_history(
+            base64.b64decode(state["history"]), self.run_seed, self.zo.pool_size
+        )
         self.synced = {int(k): int(v) for k, v in state["synced"].items()}
 
     def configure_train(
@@ -84,9 +88,7 @@ class ZoStrategy(FedIT):
         if ZO_REPLY_KEY not in content.config_records or len(content.metric_records) != 1:
             raise ReplyError("a zo run takes zo replies only (a `zo` ConfigRecord and metrics)")
         metrics = next(iter(content.metric_records.values()))
-        num_examples = float(metrics.get(self.weighted_by_key, 0.0))  # type: ignore[arg-type]
-        if not (0 < num_examples < float("inf")):
-            raise ReplyError(f"num-examples must be a finite number > 0, got {num_examples}")
+        num_examples = self.num_examples(metrics)
         payload, records = self.parse_zo_records(content, node)
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         values["zo_synced_exact"] = self.check_digest(
@@ -104,15 +106,29 @@ class ZoStrategy(FedIT):
     def aggregate_factors(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> Mapping[str, torch.Tensor]:
-        """``a_s = sum_k p_k sum_t g_kt [s_kt = s]``, replayed onto the global factors."""
+        """``a_s = sum_k p_k sum_t g_kt [s_kt = s]``, replayed onto the global factors.
+
+        Checked finite before it is replayed, and the replayed factors again before
+        :meth:`commit` keeps the entry: a failed round leaves the history as it was.
+        """
         aggregate = aggregate_records(
             [u.records for u in updates], [u.num_examples for u in updates]
         )
+        bad = [s for s, a in aggregate.items() if not math.isfinite(a)]
+        if bad:
+            raise ReplyError(f"the aggregate of seed {bad[0]} is not finite in float32")
         entry = RoundAggregate(server_round, self.zo.pool_size, aggregate)
         factors = {name: t.clone() for name, t in self.global_factors.items()}
         replay_history_([factors[n] for n in sorted(factors)], [entry], self.run_seed, self.zo.lr)
-        self.history.append(entry)
-        for update in updates:  # they started this round from the round's global state
-            self.synced[update.node_id] = server_round - 1
+        self.pending = entry
         self.round_metrics["zo.seeds"] = float(len(aggregate))
         return factors
+
+    def commit(self, server_round: int, updates: list[ClientUpdate]) -> None:
+        """Append the round's aggregate to the history; the nodes synced to the round's start."""
+        if self.pending is None or self.pending.round != server_round:
+            raise RuntimeError(f"round {server_round}: no aggregate to commit")
+        self.history.append(self.pending)
+        self.pending = None
+        for update in updates:  # they started this round from the round's global state
+            self.synced[update.node_id] = server_round - 1

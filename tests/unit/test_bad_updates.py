@@ -64,6 +64,7 @@ def zo_payload(client=NUM_CLIENTS - 1, steps=ZO.local_steps, **overrides):
     indices = derived_seed_indices(PID, ROUND, client, steps, ZO.pool_size)
     records = [ZoRecord(i, 3.0 - t) for t, i in enumerate(indices)]
     args = {"pool_id": PID, "round": ROUND, "client": client, "pool_size": ZO.pool_size}
+    args["grad_scale"] = ZO.grad_scale
     return encode_zo_reply(records, **(args | overrides))
 
 
@@ -103,11 +104,14 @@ NAN_A = {A: GLOBAL[A].clone().index_fill_(0, torch.tensor([1]), float("nan")), B
 INF_B = {A: GLOBAL[A], B: GLOBAL[B].clone().index_fill_(1, torch.tensor([2]), float("inf"))}
 INF_SCALES = np.float32([1.0, float("inf"), 1.0, 1.0]).tobytes()
 HUGE_SCALES = np.float32([3e38] * 4).tobytes()  # finite, but code * scale overflows
-EXPLICIT = zo_payload(seed_choice="explicit")
+EXPLICIT = zo_payload(seed_choice="explicit")  # refused as such (the run derives its seeds)
 
 CORPUS = {
     # first-order replies in an ArrayRecord
-    "array: unknown name": (array_reply(BAD, {A: GLOBAL[A], "x.lora_B.weight": GLOBAL[B]}), "miss"),
+    "array: unknown name": (
+        array_reply(BAD, {A: GLOBAL[A], "x.lora_B.weight": GLOBAL[B]}),
+        "unknown tensor",
+    ),
     "array: missing tensor": (array_reply(BAD, {A: moved(9)[A]}), "missing"),
     "array: transposed shape": (array_reply(BAD, {A: GLOBAL[A], B: GLOBAL[B].T}), "shape"),
     "array: float64": (array_reply(BAD, {k: v.double() for k, v in GLOBAL.items()}), "dtype"),
@@ -132,11 +136,13 @@ CORPUS = {
     "update: norm 100x": (update_reply(BAD, encode_update(moved(9, 10.0), "int8")), "norm"),
     "update: not bytes": (update_reply(BAD, "AAAA"), "must be bytes"),
     # zeroth-order replies (their factors are rebuilt from the round's global state)
-    "zo: index outside the pool": (
-        zo_reply(BAD, zo_edit(EXPLICIT, seed_indices=bytes([1, 2, ZO.pool_size, 3]))),
-        "outside the pool",
+    "zo: explicit seeds in a derived run": (zo_reply(BAD, EXPLICIT), "seed_choice"),
+    "zo: huge scale": (zo_reply(BAD, zo_edit(zo_payload(), scale=3e38)), "fixed scale"),
+    "zo: scale 1e30": (zo_reply(BAD, zo_edit(zo_payload(), scale=1e30)), "fixed scale"),
+    "zo: fp32 in an int8 run": (
+        zo_reply(BAD, zo_payload(grad_encoding="fp32", grad_scale=None)),
+        "grad_encoding",
     ),
-    "zo: huge scale": (zo_reply(BAD, zo_edit(zo_payload(), scale=3e38)), "overflows"),
     "zo: version 1": (zo_reply(BAD, zo_edit(zo_payload(), version=1)), "version"),
     "zo: version 3": (zo_reply(BAD, zo_edit(zo_payload(), version=3)), "version"),
     "zo: more steps than announced": (

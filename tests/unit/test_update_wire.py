@@ -243,7 +243,7 @@ VALID = {
     "zo": [_valid_zo_reply("derived"), _valid_zo_reply("explicit")],
     "history": [
         encode_history(
-            [RoundAggregate(1, K, {0: 1.5, 9: -2.0}), RoundAggregate(3, 16, {15: 0.25})], RUN_SEED
+            [RoundAggregate(1, K, {0: 1.5, 9: -2.0}), RoundAggregate(3, K, {15: 0.25})], RUN_SEED
         )
     ],
 }
@@ -260,7 +260,7 @@ def decode_any(kind, data):
             out = decode_zo_reply(data, pool_size=K, max_steps=50)
             assert all(0 <= r.seed_index < K and math.isfinite(r.grad) for r in out.records)
             return out
-        out = decode_history(data, RUN_SEED)
+        out = decode_history(data, RUN_SEED, K, max_round=5)
         assert all(math.isfinite(v) for entry in out for v in entry.aggregate.values())
         return out
     except ReplyError:
@@ -389,10 +389,22 @@ def test_the_fuzz_corpus_starts_from_messages_that_decode():
             assert decode_any(kind, data) is not None, kind
 
 
-def test_history_with_an_empty_pool_is_a_wire_error():
-    # Found by the fuzz test above: seed_pool_id raised ZoError, not a ReplyError.
+@pytest.mark.parametrize("pool_size", [0, 16, 2**32 - 1])
+def test_history_with_another_pool_size_than_the_runs_is_a_wire_error(pool_size):
+    # Found by the fuzz test above: seed_pool_id raised ZoError, not a ReplyError. And a 41-byte
+    # history declaring 2**32 - 1 seeds made a replay build ~220 GiB of seeds: the run's pool
+    # size bounds it before anything is derived.
     message = zo_pb2.ZoHistory(version=WIRE_VERSION)
-    message.rounds.add(round=1, pool_id=0, pool_size=0)
+    message.rounds.add(
+        round=1, pool_id=0, pool_size=pool_size, seed_indices=b"\0" * 4, values=b"\0" * 4
+    )
     with pytest.raises(ZoWireError) as error:
-        decode_history(message.SerializeToString(), RUN_SEED)
+        decode_history(message.SerializeToString(), RUN_SEED, K)
     assert error.value.field == "rounds[1].pool_size"
+
+
+def test_history_beyond_the_runs_rounds_is_a_wire_error():
+    data = encode_history([RoundAggregate(7, K, {1: 0.5})], RUN_SEED)
+    assert decode_history(data, RUN_SEED, K)[0].round == 7
+    with pytest.raises(ZoWireError, match="beyond the run's 6 rounds"):
+        decode_history(data, RUN_SEED, K, max_round=6)
