@@ -139,7 +139,7 @@ class FederationConfig:
     num_clients: int = 3
     num_rounds: int = 3
     fraction_train: float = 1.0
-    min_train_clients: int = 1
+    min_train_clients: int = 1  # sampled per round, and the valid replies a round needs
     strategy: str = "fedit"
     round_timeout_s: float = 3600.0
     # Torch clients' reply: an ArrayRecord, or a fedft.v1.LoraUpdate (fp32; int8 + per-row scale)

@@ -63,6 +63,7 @@ class ClientUpdate:
 
 
 ClientLog = Callable[[int, ClientUpdate, int], None]
+MAX_METRICS = 64  # a reply's metrics are recorded: a hostile one must not flood metrics.jsonl
 
 
 class FedIT(FedAvg):
@@ -307,16 +308,9 @@ class FedIT(FedAvg):
     def parse_reply(self, msg: Message) -> ClientUpdate:
         """Turn a reply into a :class:`ClientUpdate`, raising :class:`ReplyError` if it is bad."""
         content = msg.content
-        if len(content.metric_records) != 1:
-            raise ReplyError("reply must hold exactly one MetricRecord")
-        metrics = next(iter(content.metric_records.values()))
-        num_examples = self.num_examples(metrics)
+        metrics, num_examples = self.reply_metrics(content)
         node = msg.metadata.src_node_id
-        common = {
-            "node_id": node,
-            "num_examples": num_examples,
-            "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-        }
+        common = {"node_id": node, "num_examples": num_examples, "metrics": metrics}
         if ZO_REPLY_KEY in content.config_records:
             payload, records = self.parse_zo_records(content, node)
             factors = self.rebuild(records)
@@ -339,14 +333,23 @@ class FedIT(FedAvg):
         self.check_factors(factors, num_examples)
         return ClientUpdate(factors=factors, bytes_up=record_nbytes(record), **common)
 
-    def num_examples(self, metrics: Mapping[str, object]) -> float:
-        """The reply's claimed example count: a finite number > 0 (capped later, per round)."""
-        value = metrics.get(self.weighted_by_key)
+    def reply_metrics(self, content: RecordDict) -> tuple[dict[str, float], float]:
+        """The reply's numeric metrics (at most ``MAX_METRICS``) and its claimed example count.
+
+        The count must be a finite number > 0; it is capped later, per round.
+        """
+        if len(content.metric_records) != 1:
+            raise ReplyError("reply must hold exactly one MetricRecord")
+        record = next(iter(content.metric_records.values()))
+        if len(record) > MAX_METRICS:
+            raise ReplyError(f"reply holds {len(record)} metrics, at most {MAX_METRICS}")
+        value = record.get(self.weighted_by_key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ReplyError(f"`{self.weighted_by_key}` must be a number, got {value!r}")
         if not 0 < value < math.inf:
             raise ReplyError(f"num-examples must be a finite number > 0, got {value}")
-        return float(value)
+        metrics = {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+        return metrics, float(value)
 
     def parse_zo_records(
         self, content: RecordDict, node: int

@@ -85,12 +85,10 @@ class ZoStrategy(FedIT):
         """Decode a zo reply (no tensors: the records are aggregated, not rebuilt one by one)."""
         content = msg.content
         node = msg.metadata.src_node_id
-        if ZO_REPLY_KEY not in content.config_records or len(content.metric_records) != 1:
+        if ZO_REPLY_KEY not in content.config_records:
             raise ReplyError("a zo run takes zo replies only (a `zo` ConfigRecord and metrics)")
-        metrics = next(iter(content.metric_records.values()))
-        num_examples = self.num_examples(metrics)
+        values, num_examples = self.reply_metrics(content)
         payload, records = self.parse_zo_records(content, node)
-        values = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         values["zo_synced_exact"] = self.check_digest(
             values, "start_digest", self.global_factors, node
         )

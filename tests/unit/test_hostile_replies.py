@@ -8,10 +8,12 @@ non-finite (the property test at the end).
 
 import logging
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
+from flwr.app import MetricRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from replies import (
@@ -100,6 +102,13 @@ def carrier(kind, node, examples=10.0):
     return array_reply(node, moved(9), examples=examples)
 
 
+def flooded(msg):
+    msg.content["metrics"] = MetricRecord(
+        {"num-examples": 10.0} | {f"m{i}": 1.0 for i in range(10_000)}
+    )
+    return msg
+
+
 ANY = {
     "num-examples a list": (lambda n, k: carrier(k, n, [1.0, 2.0]), "must be a number"),
     "num-examples NaN": (lambda n, k: carrier(k, n, math.nan), "num-examples"),
@@ -107,6 +116,7 @@ ANY = {
     "num-examples -5": (lambda n, k: carrier(k, n, -5.0), "num-examples"),
     "num-examples 0": (lambda n, k: carrier(k, n, 0), "num-examples"),
     "a second reply of node 1": (lambda n, k: carrier(k, 1), "a second reply"),
+    "10,000 metrics": (lambda n, k: flooded(carrier(k, n)), "at most 64"),
     "a node sent nothing": (lambda n, k: carrier(k, n), "it was sent nothing"),
 }
 
@@ -289,7 +299,11 @@ def hostile_reply(draw, node):
     return update_reply(node, payload, examples=examples)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# FEDFT_FUZZ_EXAMPLES=5000 runs a longer fuzz by hand; the suite keeps 60 per strategy.
+EXAMPLES = int(os.environ.get("FEDFT_FUZZ_EXAMPLES", "60"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 @pytest.mark.parametrize("kind", list(CORPUS))
 def test_random_hostile_replies_never_make_the_state_non_finite(kind, data):

@@ -6,6 +6,7 @@ allowed out is the typed ``ReplyError`` (``WireError``) a server drops a reply f
 """
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -224,7 +225,11 @@ def test_encoder_rejects_what_the_decoder_would(state, encoding, field):
 
 # ---- fuzz: only typed errors escape ------------------------------------------------------------
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("FEDFT_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 K, RUN_SEED, CLIENT = 256, 7, 12345
 PID = seed_pool_id(RUN_SEED, 3, K)
 

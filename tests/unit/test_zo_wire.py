@@ -158,3 +158,36 @@ def test_encoder_rejects_inconsistent_records():
         encode(records, client=2**32)
     with pytest.raises(WireError, match="grad_scale"):
         encode(records, grad_encoding="fp32", grad_scale=0.01)
+
+
+def test_sizes_are_checked_before_any_seed_index_is_derived(monkeypatch):
+    # Before: num_steps seed indices were derived before the decoder saw that the message held
+    # no scalars for them.
+    message = zo_pb2.ZoReply()
+    message.ParseFromString(encode(derived_records(50)))
+    message.grads = b""
+    import fedft.zo_wire as wire
+
+    def derive(*args):
+        raise AssertionError("derived seed indices for a message with no scalars")
+
+    monkeypatch.setattr(wire, "derived_seed_indices", derive)
+    with pytest.raises(WireError, match="grads"):
+        decode_zo_reply(message.SerializeToString(), pool_size=K, max_steps=50)
+
+
+@pytest.mark.parametrize(
+    ("expect", "field"),
+    [
+        ({"grad_encoding": "fp32"}, "grad_encoding"),
+        ({"seed_choice": "explicit"}, "seed_choice"),
+        ({"grad_scale": 1.0}, "scale"),
+        ({"grad_clip": 2.5}, "grads"),  # the records' g reach 3.0
+    ],
+)
+def test_the_runs_encoding_seed_choice_scale_and_clip_are_enforced(expect, field):
+    data = encode(derived_records(5), grad_scale=3.0 / 127)
+    decode_zo_reply(data, pool_size=K, max_steps=5, grad_scale=3.0 / 127, grad_clip=3.0)
+    with pytest.raises(WireError) as error:
+        decode_zo_reply(data, pool_size=K, max_steps=5, **expect)
+    assert error.value.field == field
