@@ -195,6 +195,7 @@ class FedIT(FedAvg):
             factors = self.aggregate_factors(server_round, kept)
             validate_factors(factors, self.global_factors, 1.0)
             check_lora_products(factors)
+            self.commit(server_round, kept)
         except Exception as err:  # a bug or an unforeseen reply must never end the run
             log.error(
                 "round %d: aggregation failed (%s: %s); the global state is unchanged",
@@ -203,7 +204,6 @@ class FedIT(FedAvg):
                 err,
             )
             return None, MetricRecord(self.round_metrics)
-        self.commit(server_round, kept)
         if self.on_client is not None:
             for update in updates:
                 self.on_client(server_round, update, self.bytes_down.get(update.node_id, 0))

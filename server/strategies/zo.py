@@ -61,7 +61,7 @@ class ZoStrategy(FedIT):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """One message per sampled node: its catch-up history, or the factors if that is cheaper."""
-        self.encoded = {}
+        self.encoded, self.pending = {}, None
         return super().configure_train(server_round, arrays, config, grid)
 
     def node_content(self, node: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:

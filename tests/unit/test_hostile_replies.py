@@ -315,3 +315,19 @@ def test_random_hostile_replies_never_make_the_state_non_finite(kind, data):
     if out is not None:
         assert all(bool(torch.isfinite(t).all()) for t in out.values())
         check_lora_products(out)
+
+
+def test_a_zo_aggregate_that_fails_its_final_check_is_not_kept_in_the_history(monkeypatch):
+    import server.strategies.fedit as fedit
+
+    strategy = make_strategy("zo")
+
+    def refuse(factors):
+        raise fedit.ReplyError("refused by the final check")
+
+    monkeypatch.setattr(fedit, "check_lora_products", refuse)
+    assert run_round(strategy, good_replies("zo")) is None
+    assert strategy.history == [] and strategy.synced == {}
+    monkeypatch.undo()
+    assert run_round(strategy, good_replies("zo")) is not None  # the next round goes on
+    assert [h.round for h in strategy.history] == [1]
