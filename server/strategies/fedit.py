@@ -294,10 +294,15 @@ class FedIT(FedAvg):
             log.info("round %d: %s left out nodes %s", server_round, aggregator, left)
         return [updates[k] for k in kept]
 
-    def check_factors(self, factors: Mapping[str, torch.Tensor], num_examples: float) -> None:
-        """Raise :class:`ReplyError` unless a reply's factors may enter the aggregate."""
+    def check_factors(
+        self, factors: Mapping[str, torch.Tensor], num_examples: float, metrics: dict[str, float]
+    ) -> None:
+        """Raise :class:`ReplyError` unless a reply's factors may enter the aggregate.
+
+        Records the server-measured ``update_norm`` (``||X_k - X||``) in ``metrics``.
+        """
         validate_factors(factors, self.global_factors, num_examples)
-        check_update_limits(
+        metrics["update_norm"] = check_update_limits(
             factors,
             self.global_factors,
             self.robust.max_update_norm,
@@ -314,7 +319,7 @@ class FedIT(FedAvg):
         if ZO_REPLY_KEY in content.config_records:
             payload, records = self.parse_zo_records(content, node)
             factors = self.rebuild(records)
-            self.check_factors(factors, num_examples)
+            self.check_factors(factors, num_examples, common["metrics"])
             common["metrics"]["zo_rebuild_exact"] = self.check_digest(
                 common["metrics"], "end_digest", factors, node
             )
@@ -324,13 +329,13 @@ class FedIT(FedAvg):
             if not isinstance(payload, bytes):
                 raise ReplyError(f"reply: `{UPDATE_KEY}.{UPDATE_KEY}` must be bytes")
             factors = decode_update(payload, template=self.global_factors)
-            self.check_factors(factors, num_examples)
+            self.check_factors(factors, num_examples, common["metrics"])
             return ClientUpdate(factors=factors, bytes_up=len(payload), **common)
         if len(content.array_records) != 1:
             raise ReplyError("reply must hold exactly one ArrayRecord (or a zo record)")
         record = next(iter(content.array_records.values()))
         factors = record_to_factors(record, template=self.global_factors)
-        self.check_factors(factors, num_examples)
+        self.check_factors(factors, num_examples, common["metrics"])
         return ClientUpdate(factors=factors, bytes_up=record_nbytes(record), **common)
 
     def reply_metrics(self, content: RecordDict) -> tuple[dict[str, float], float]:
