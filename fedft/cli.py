@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from fedft.console import console_logging
 from fedft.deploy import cli as deploy_cli
 from fedft.edge import cli as edge_cli
 from fedft.errors import FedftError, Interrupted
-from fedft.report import console_logging
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "simulations" / "default.toml"
 
@@ -79,6 +79,9 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from fedft.config import check_local_files, load_scenario
+    from fedft.console import long_step, quiet_libraries
+
+    quiet_libraries(args.verbose)  # before transformers is imported: it reads the environment
     from fedft.run_folder import check_same_scenario, check_writable_folder, default_run_dir
 
     # First what needs no torch, transformers or Ray: the scenario, the run folder.
@@ -107,7 +110,8 @@ def _simulate(args: argparse.Namespace) -> int:
     check_clients(scenario)  # a quantization this machine cannot run fails here, not in a worker
     federated_data(scenario)  # data errors (files, partitions)
     # Model errors (a target module it lacks, an empty folder); the server reuses this load.
-    load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
+    with long_step("loading the base model"):
+        load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
 
     from fedft.simulate import simulate
 

@@ -24,18 +24,6 @@ import tomli_w
 log = logging.getLogger("fedft")
 
 
-def console_logging() -> None:
-    """Send fedft's progress lines (logger ``fedft``) to stderr, once per process."""
-    fedft_log = logging.getLogger("fedft")
-    if not any(getattr(h, "_fedft", False) for h in fedft_log.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._fedft = True  # type: ignore[attr-defined]
-        fedft_log.addHandler(handler)
-    fedft_log.setLevel(logging.INFO)
-    fedft_log.propagate = False
-
-
 class RunRecorder:
     """Appends metrics to ``<run_dir>/metrics.jsonl`` as rounds complete (a crash loses nothing)."""
 

@@ -6,12 +6,14 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
 from fedft.config import Scenario
+from fedft.console import plain_flower_logs, quiet_libraries
 from fedft.errors import Interrupted
 
 log = logging.getLogger("fedft")
@@ -86,11 +88,12 @@ def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
     # The driver evaluates and aggregates beside the client actors: one thread avoids
     # oversubscribing small machines (2 threads were 5-20x slower than 1 on 2 busy cores).
     torch.set_num_threads(1)
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
-    # Ray workers inherit this environment: keep library deprecation chatter out of the progress.
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    # Ray's workers inherit this environment (and quiet themselves: see clients.app).
+    quiet_libraries(verbose)  # again: importing flwr.simulation put its warning filter first
+    plain_flower_logs()
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a redirected log
     log.info(
         "simulating %s: %d clients, %d rounds, strategy %s -> %s",
         scenario.run.name,

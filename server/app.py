@@ -12,7 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedft.config import Scenario, load_scenario
-from fedft.report import console_logging
+from fedft.console import console_logging
 from fedft.run_folder import default_run_dir
 from server.federation import run_federation
 

@@ -6,7 +6,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Message
@@ -14,6 +14,7 @@ from flwr.serverapp import Grid
 
 from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.config import Scenario
+from fedft.console import Status
 from fedft.data import encode_examples
 from fedft.errors import FedftError, Interrupted
 from fedft.models import load_peft_model
@@ -56,16 +57,21 @@ def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
 
 
 def send_and_receive(
-    grid: Grid, messages: Iterable[Message], timeout: float, stop: threading.Event | None
+    grid: Grid,
+    messages: Iterable[Message],
+    timeout: float,
+    stop: threading.Event | None,
+    on_wait: Callable[[int, int], None] | None = None,
 ) -> list[Message]:
     """``grid.send_and_receive``, but raising :class:`Interrupted` soon after ``stop`` is set.
 
-    Flower's own call waits for every reply or the whole timeout, whatever else happens.
+    Flower's own call waits for every reply or the whole timeout, whatever else happens. While
+    it waits, ``on_wait(replies, sent)`` is called about ten times a second.
     """
     if stop is None:
         return list(grid.send_and_receive(messages, timeout=timeout))
     pending = set(grid.push_messages(messages))
-    replies: list[Message] = []
+    sent, replies = len(pending), []
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         if stop.is_set():
@@ -73,6 +79,8 @@ def send_and_receive(
         new = list(grid.pull_messages(pending))
         replies.extend(new)
         pending -= {m.metadata.reply_to_message_id for m in new}
+        if on_wait is not None:
+            on_wait(len(replies), sent)
         if pending:
             stop.wait(0.1)
     return replies
@@ -116,7 +124,11 @@ def run_federation(
     modules = scenario.zo.trainable_modules if scenario.federation.strategy == "zo" else ()
     device = select_device("auto")
 
+    status = Status()  # a progress line on a terminal, erased before each round's line
+    num_rounds = scenario.federation.num_rounds
+
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> None:
+        status.show(f"round {server_round}/{num_rounds}: evaluating the global model")
         started = time.perf_counter()
         set_trainable_(model, record_to_factors(arrays), modules)
         result = evaluate(model, global_eval, scenario.train.batch_size * 4, device)
@@ -126,6 +138,7 @@ def run_federation(
             "perplexity": result.perplexity,
             "accuracy": result.accuracy,
         }
+        status.clear()
         recorder.round(server_round, {**metrics, **strategy.round_metrics})
 
     if resume:
@@ -142,7 +155,18 @@ def run_federation(
         # Sampling is seeded per round, so a resumed run samples as the uninterrupted one.
         random.seed(scenario.run.seed * 1_000_003 + server_round)
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
-        replies = send_and_receive(grid, messages, scenario.federation.round_timeout_s, stop)
+        round_started = time.monotonic()
+
+        def waiting(replied: int, sent: int, r: int = server_round, t0: float = round_started):
+            elapsed = time.monotonic() - t0
+            status.show(f"round {r}/{num_rounds}: {replied}/{sent} clients done, {elapsed:.0f} s")
+
+        try:
+            replies = send_and_receive(
+                grid, messages, scenario.federation.round_timeout_s, stop, waiting
+            )
+        finally:
+            status.clear()
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays

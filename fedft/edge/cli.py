@@ -46,13 +46,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.edge_command == "export":
         from fedft.config import check_local_files
+        from fedft.console import long_step, quiet_libraries
         from fedft.edge.cache import default_bundle_dir
         from fedft.edge.export import build_bundle
 
+        quiet_libraries(False)
         scenario = load_scenario(args.scenario, args.overrides)
         check_local_files(scenario)
         out = args.out or default_bundle_dir(scenario)
-        bundle = build_bundle(scenario, out, force=args.force)
+        with long_step("building the edge bundle (ONNX export, training artifacts)"):
+            bundle = build_bundle(scenario, out, force=args.force)
         print(
             f"edge bundle {bundle.key[:16]} for {scenario.model.source} model, "
             f"LoRA rank {scenario.lora.rank}: {len(bundle.factor_layout)} factors"

@@ -65,8 +65,9 @@ def test_ctrl_c_stops_within_seconds_and_prints_the_resume_command(tmp_path):
         os.execve(sys.executable, args, env)
     seen, code = bytearray(), None
     try:
-        assert read_until(fd, r"round 2/6", 600, seen), seen.decode(errors="replace")
+        assert read_until(fd, r"round 2/6 \|", 600, seen), seen.decode(errors="replace")
         time.sleep(2)  # into round 3's training
+        assert "clients done" in seen.decode(errors="replace")  # the progress line on a terminal
         family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
         assert len(family) > 2  # Ray's processes and its workers are running
         os.write(fd, b"\x03")  # Ctrl-C

@@ -1,6 +1,7 @@
 """A real Flower simulation (Ray backend) of the tiny model, end to end through the CLI."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,16 @@ def run_dir(tmp_path_factory):
     proc = subprocess.run(args + ["--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "round 2/2" in proc.stderr  # the progress display
+    (out.parent / "console.txt").write_text(proc.stdout + proc.stderr)
     return out
+
+
+def test_console_holds_fedft_lines_only(run_dir):
+    """Redirected output: fedft's lines, no library warnings, notices, bars or colour codes."""
+    lines = (run_dir.parent / "console.txt").read_text().splitlines()
+    fedft_line = re.compile(r"^(simulating default: |round \d+/2 \| |run folder: )")
+    assert [line for line in lines if not fedft_line.match(line)] == []
+    assert len(lines) == 5  # simulating, round 0, 1, 2, run folder
 
 
 def rows(run_dir, kind):
