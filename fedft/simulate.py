@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -47,13 +48,15 @@ def backend_config(scenario: Scenario, num_gpus: int = 0) -> dict:
     ``num_gpus`` is the number of CUDA GPUs here; see :func:`gpus_per_client` for the share.
     """
     num_cpus = os.cpu_count() or 1
+    # Ray makes floor(num_cpus / cpus_per_client) workers: no more than there are clients.
+    needed = math.ceil(scenario.federation.num_clients * scenario.simulation.cpus_per_client)
     return {
         "client_resources": {
             "num_cpus": scenario.simulation.cpus_per_client,
             "num_gpus": gpus_per_client(scenario, num_gpus, num_cpus),
         },
         "init_args": {
-            "num_cpus": num_cpus,
+            "num_cpus": max(1, min(num_cpus, needed)),
             "include_dashboard": False,
             "logging_level": "ERROR",
             "log_to_driver": True,

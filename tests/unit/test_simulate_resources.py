@@ -69,3 +69,12 @@ def test_simulate_passes_the_gpu_share_to_flower(monkeypatch, tmp_path):
     monkeypatch.setattr(flwr.simulation, "run_simulation", fake_run_simulation)
     simulate_mod.simulate(load_scenario(None), tmp_path)
     assert seen["backend_config"]["client_resources"]["num_gpus"] == 0.5
+
+
+def test_ray_gets_no_more_cpus_than_the_clients_use(monkeypatch):
+    fake_cuda(monkeypatch, 0)
+    one = resources(monkeypatch, cpus=2, overrides=["federation.num_clients=1"])
+    # Flower's Ray backend makes floor(CPUs / cpus_per_client) workers: one client, one worker.
+    assert one["init_args"]["num_cpus"] / one["client_resources"]["num_cpus"] == 1
+    five = resources(monkeypatch, cpus=2, overrides=["federation.num_clients=5"])
+    assert five["init_args"]["num_cpus"] == 2
