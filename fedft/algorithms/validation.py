@@ -108,6 +108,7 @@ def check_update_limits(
     start: Mapping[str, torch.Tensor],
     max_norm: float,
     max_relative: float,
+    start_norm: float | None = None,
 ) -> float:
     """Raise :class:`ReplyError` unless ``||X_k - X|| <= min(max_norm, max_relative ||X||)``.
 
@@ -116,13 +117,15 @@ def check_update_limits(
     it holds with one or two replies too, where :func:`norm_outliers` has no majority to go by;
     with a zero global state only the absolute limit applies.
 
+    ``start_norm``, when given, is ``||X||`` computed once for the round's replies.
+
     Returns
     -------
     float
         The reply's update norm.
     """
     norm = update_norm(factors, start)
-    size = update_norm(start, {k: torch.zeros_like(v) for k, v in start.items()})
+    size = state_norm(start) if start_norm is None else start_norm
     limit = min(max_norm, max_relative * size) if size > 0 else max_norm
     if not norm <= limit:
         raise ReplyError(
@@ -130,6 +133,15 @@ def check_update_limits(
             f"(min of robust.max_update_norm and robust.max_relative_update x {size:.4g})"
         )
     return norm
+
+
+def state_norm(state: Mapping[str, torch.Tensor]) -> float:
+    """``||X||``: the Frobenius norm over all tensors of a state, accumulated in float64."""
+    total = 0.0
+    for tensor in state.values():
+        t = tensor.detach().to(torch.float64)
+        total += float(torch.sum(t * t))
+    return math.sqrt(total)
 
 
 def lora_pairs(names: Sequence[str]) -> dict[str, tuple[str, str]]:

@@ -23,6 +23,7 @@ from fedft.algorithms.validation import (
     check_lora_products,
     check_update_limits,
     norm_outliers,
+    state_norm,
     update_norm,
     validate_factors,
 )
@@ -113,6 +114,7 @@ class FedIT(FedAvg):
         self.zo_clients: dict[int, int] = {}  # this round's zo replies: client index -> node
         self.current_round = 0
         self.global_factors: dict[str, torch.Tensor] = {}
+        self.global_norm = 0.0  # ||X|| of the round's global factors
         self.bytes_down: dict[int, int] = {}  # per node: tensors and config entries sent to it
         self.scenario_holders: set[int] = set()
         self.sent: list[Message] = []
@@ -134,6 +136,7 @@ class FedIT(FedAvg):
         """
         self.current_round = server_round
         self.global_factors = record_to_factors(arrays)
+        self.global_norm = state_norm(self.global_factors)
         self.zo_clients = {}
         num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
         node_ids, _ = sample_nodes(
@@ -307,6 +310,7 @@ class FedIT(FedAvg):
             self.global_factors,
             self.robust.max_update_norm,
             self.robust.max_relative_update,
+            self.global_norm,
         )
         check_lora_products(factors)
 
