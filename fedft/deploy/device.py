@@ -24,7 +24,14 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from fedft.config import BACKENDS
 from fedft.deploy.certs import CA_CERT, CertError
-from fedft.deploy.processes import ProcessError, flower_env, start, stop, supernode_command
+from fedft.deploy.processes import (
+    ProcessError,
+    check_port_free,
+    flower_env,
+    start,
+    stop,
+    supernode_command,
+)
 from fedft.errors import ConfigError
 
 log = logging.getLogger("fedft")
@@ -98,6 +105,7 @@ def join(opts: ClientOptions) -> int:
     key = check_auth_key(opts.auth_key) if opts.auth_key is not None else None
     if key is not None and ca is None:
         raise CertError("`--auth-key`: SuperNode authentication needs TLS: drop --insecure")
+    check_port_free("127.0.0.1", opts.runtime_port, "--runtime-port")  # where the SuperNode binds
     cmd = supernode_command(opts.server, ca, entries, opts.runtime_port, key, opts.max_wait_s)
     mode = "TLS" if ca is not None else "INSECURE, no TLS"
     log.info("fedft: joining %s (gRPC, %s) as partition %d", opts.server, mode, opts.partition_id)

@@ -186,3 +186,14 @@ def test_server_refuses_a_changed_scenario_on_resume_at_once(tmp_path, monkeypat
     line = one_line_error(fedft(*args, cwd=tmp_path))
     assert line.startswith("fedft: error: `run.resume_dir`: ") and "federation.num_rounds" in line
     assert not (tmp_path / "runs" / "superlink").exists()  # refused before anything started
+
+
+def test_client_names_a_runtime_port_already_in_use(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["client", "--insecure", "--server", "127.0.0.1:1", "--partition-id", "0"]
+        proc = fedft(*args, "--num-partitions", "1", "--runtime-port", str(port), cwd=tmp_path)
+    assert "Traceback" not in proc.stderr
+    assert f"`--runtime-port`: cannot use 127.0.0.1:{port}" in one_line_error(proc)
