@@ -17,7 +17,7 @@ from typing import Any
 
 import tomli_w
 
-from fedft.deploy.processes import BIN, ProcessError
+from fedft.deploy.processes import BIN, ProcessError, start
 
 CONNECTION = "fedft"
 
@@ -92,4 +92,4 @@ def run_status(run_id: int, env: Mapping[str, str]) -> str:
 def stream_logs(run_id: int, env: Mapping[str, str]) -> subprocess.Popen:
     """``flwr log RUN_ID fedft --stream``: the run's logs on this output until the run ends."""
     cmd = [str(BIN / "flwr"), "log", str(run_id), CONNECTION, "--stream"]
-    return subprocess.Popen(cmd, env=dict(env))
+    return start(cmd, env)

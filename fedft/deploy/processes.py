@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from fedft.deploy.watchdog import descendants
 from fedft.errors import FedftError
 
+WATCHDOG = Path(__file__).with_name("watchdog.py")
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr live beside python
 DEFAULT_FLEET_PORT = 9092  # Flower's default Fleet API port
 DEFAULT_CONTROL_PORT = 9093  # fedft's choice; Flower 1.39's HTTP default (8000) often clashes
@@ -138,11 +140,16 @@ def start(
     """Start ``cmd``; its output goes to ``log`` (a file) or to this process's own.
 
     The process gets a session of its own, so Ctrl-C reaches fedft alone, which then stops it
-    and everything it started (:func:`stop`); on Linux it also dies if fedft is killed.
+    and everything it started (:func:`stop`). On Linux it runs under :mod:`watchdog`, which
+    gets SIGTERM if fedft dies (even by SIGKILL) and then stops everything below it, Flower's
+    own children in their own sessions included: nothing outlives fedft, no port stays held.
     """
+    argv = list(cmd)
+    if sys.platform == "linux":
+        argv = [sys.executable, "-I", str(WATCHDOG), str(os.getpid()), "--", *argv]
     try:
         return subprocess.Popen(
-            list(cmd),
+            argv,
             env=dict(env),
             stdout=log,
             stderr=log,
@@ -151,24 +158,6 @@ def start(
         )
     except OSError as err:
         raise ProcessError(f"cannot start {cmd[0]}: {err}") from None
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (read from /proc; empty where there is none)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

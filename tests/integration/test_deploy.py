@@ -3,9 +3,10 @@
 One federation, TLS and SuperNode authentication on, serves every test here (starting one costs
 most of a minute on 2 cores): three registered clients (partition 1 with `--backend zo`) and one
 intruder whose key is not registered. Client 2 is killed in round 1, which completes with the
-other two; the server (SuperLink, ServerApp and all) is then killed in round 2 and started again
-with `--resume`, and the run finishes with no completed round lost. The commands are the ones
-docs/deploy.md gives.
+other two; the `fedft server` process alone is then SIGKILLed in round 2 (nothing it started may
+outlive it or hold its port), started again with `--resume` and the run folder, and the run
+finishes with no completed round lost. The commands are the ones docs/deploy.md gives, run from
+one folder with the default (relative) `run.output_dir`.
 """
 
 import contextlib
@@ -93,6 +94,30 @@ def kill_tree(pid):
             os.kill(p, signal.SIGKILL)
 
 
+def processes_with(marker):
+    """The processes that inherited an environment marker (orphans too), with their commands."""
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if stat[0] != "Z":  # a zombie holds nothing
+                    found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except (OSError, IndexError):
+            pass
+    return found
+
+
+def port_free(port):
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the SuperLink binds
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def sweep(marker):
     """SIGKILL every process that inherited this test's environment marker (orphans too)."""
     for entry in Path("/proc").glob("[0-9]*"):
@@ -122,12 +147,15 @@ class Deployment:
         }
         self.procs = {}
 
+    def marker_of(self, name):
+        return f"FEDFT_TEST_PROCESS={name}".encode()
+
     def start(self, name, args):
         log = (self.base / f"{name}.log").open("wb")
         proc = subprocess.Popen(
             [*FEDFT, *args],
             cwd=self.base,
-            env=self.env,
+            env={**self.env, "FEDFT_TEST_PROCESS": name},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -142,7 +170,7 @@ class Deployment:
         args = ["server", "--certs", str(self.certs), "--address", "127.0.0.1"]
         args += ["--port", str(self.fleet), "--control-port", str(self.control)]
         args += ["--auth-keys", str(self.base / "registered.pub")]
-        for setting in [*SETTINGS, f"run.output_dir='{self.runs}'"]:
+        for setting in SETTINGS:  # run.output_dir: the default, runs/ in the working folder
             args += ["--set", setting]
         return args + list(extra)
 
@@ -247,15 +275,26 @@ def test_a_killed_client_and_a_killed_server_lose_no_round(deployment):
     assert rounds[1]["clients"] == 2
     assert sorted(int(c["partition"]) for c in clients if c["round"] == 1) == [0, 1]
 
-    # 2. The server host "crashes" in round 2: fedft server, SuperLink, SuperExec, ServerApp
-    kill_tree(server.pid)
+    # 2. `fedft server` alone is SIGKILLed in round 2: the SuperLink, SuperExec, ServerApp and
+    # `flwr log` it started must not outlive it, and the ports must be free again soon
+    assert any(
+        b"flwr-serverapp" in cmd for cmd in processes_with(dep.marker_of("server-1")).values()
+    )
+    os.kill(server.pid, signal.SIGKILL)
     server.wait(timeout=30)
+    deadline = time.monotonic() + 30  # the watchdog gives the SuperLink 5 s, then SIGKILLs
+    while (left := processes_with(dep.marker_of("server-1"))) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"still running 30 s after `fedft server` was killed: {left}"
+    assert port_free(dep.fleet) and port_free(dep.control)
     rounds, _ = round_rows(run_dir)
     assert [r["round"] for r in rounds] == [0, 1], "round 2 finished before the server died"
     assert (run_dir / "checkpoint.safetensors").is_file()
 
-    # 3. Started again on the same state folder, the SuperLink still knows the SuperNodes
-    resumed = dep.start("server-2", dep.server_args("--resume", str(run_dir)))
+    # 3. The same command plus --resume and the run folder, from the same working folder: the
+    # SuperLink still knows the SuperNodes (its state is runs/superlink)
+    printed = run_dir.relative_to(dep.base)
+    resumed = dep.start("server-2", dep.server_args("--resume", str(printed)))
     code = wait_for(lambda: resumed.poll(), 360, "the resumed run", [dep.log("server-2"), *logs])
     assert code == 0, tail(dep.log("server-2"), 80)
     output = dep.log("server-2").read_text(errors="replace")
