@@ -247,6 +247,12 @@ def test_a_supernode_whose_key_is_not_registered_is_refused(deployment):
     assert intruder.returncode == 2, output
     assert "Failed to activate SuperNode" in output, output
     assert "fedft: error: the SuperNode exited" in output, output
+    # fedft's line is the last word: nothing the refused SuperNode started outlives it or prints
+    assert not processes_with(dep.marker_of("intruder"))
+    time.sleep(2)
+    output = tail(dep.log("intruder"), 200)
+    assert output.splitlines()[-1].startswith("fedft: error: the SuperNode exited"), output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
     link_log = (dep.runs / "superlink" / "superlink.log").read_text(errors="replace")
     assert "No SuperNode found with the given public key" in link_log
     assert all(dep.procs[f"client-{i}"].poll() is None for i in range(3))  # registered ones stay
