@@ -197,3 +197,21 @@ def test_client_names_a_runtime_port_already_in_use(tmp_path):
         proc = fedft(*args, "--num-partitions", "1", "--runtime-port", str(port), cwd=tmp_path)
     assert "Traceback" not in proc.stderr
     assert f"`--runtime-port`: cannot use 127.0.0.1:{port}" in one_line_error(proc)
+
+
+def test_server_resumes_a_run_folder_that_fedft_simulate_started(tmp_path, monkeypatch):
+    """`fedft simulate` records a relative run.output_dir; the same folder is not a change."""
+    from fedft.config import load_scenario
+    from fedft.run_folder import stored_config
+    from server.federation import check_same_scenario
+
+    monkeypatch.chdir(tmp_path)
+    opts = server_options()
+    simulated = load_scenario(opts.scenario, list(opts.overrides))
+    assert simulated.run.output_dir == "runs"
+    run_dir = Path("runs") / "default-20261123-120000"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(tomli_w.dumps(stored_config(simulated)))
+    for scenario in (opts.scenario, None):
+        resumed = serverapp_scenario(server_options(scenario=scenario, resume=run_dir))
+        check_same_scenario(resumed, Path(resumed.run.resume_dir))
