@@ -33,7 +33,7 @@ from fedft.algorithms.validation import (
 from fedft.config import load_scenario
 from fedft.errors import ReplyError
 from fedft.models import load_peft_model
-from fedft.trainable import initial_state
+from fedft.zo.trainable import initial_state
 
 
 def best_of(fn, repeat=5):

@@ -28,7 +28,7 @@ from fedft.config import load_scenario
 from fedft.models import load_peft_model
 from fedft.records import factors_to_record
 from fedft.report import read_metrics
-from fedft.update_wire import decode_update, encode_update
+from fedft.wire.update import decode_update, encode_update
 
 ROOT = Path(__file__).resolve().parents[1]
 ENCODINGS = ("fp32_array", "fp32", "int8")

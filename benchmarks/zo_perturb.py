@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from fedft.algorithms.zo import ZoRecord, derived_seed_indices, seed_pool_id
-from fedft.rng import perturb_
-from fedft.zo_wire import encode_zo_reply
+from fedft.wire.zo_reply import encode_zo_reply
+from fedft.zo.rng import perturb_
+from fedft.zo.seeds import ZoRecord, derived_seed_indices, seed_pool_id
 
 POOL_SIZE = 4096  # FedKSeed's K is in the thousands: 2-byte explicit indices
 CLIENT = 37  # the client's index in the scenario
@@ -167,7 +167,7 @@ def reset_peak_rss() -> None:
 
 def run_steps(mode: str, steps: int) -> tuple[float, int, int]:
     """Median step seconds, peak RSS above the loaded model (bytes), parameter count."""
-    from fedft.algorithms.zo import spsa_step_
+    from fedft.zo.step import spsa_step_
 
     model, batch = tiny_lm()
     params = [p for p in model.parameters()]

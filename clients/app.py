@@ -17,7 +17,7 @@ from fedft.records import (
     factors_to_record,
     record_to_factors,
 )
-from fedft.update_wire import encode_update
+from fedft.wire.update import encode_update
 
 app = ClientApp()
 

@@ -15,18 +15,12 @@ import torch
 
 from clients.torch_client import client_datasets, client_model
 from clients.zo_round import plan_round, reply
-from fedft.algorithms.zo import (
-    ZoRecord,
-    spsa_step_,
-)
 from fedft.config import Scenario
 from fedft.train import select_device
-from fedft.trainable import initial_state, set_trainable_, trainable_params, trainable_state
-
-
-def zo_layout(factors: Mapping[str, torch.Tensor]) -> list[str]:
-    """The canonical order of the perturbed tensors: factor names sorted."""
-    return sorted(factors)
+from fedft.wire.order import zo_order
+from fedft.zo.seeds import ZoRecord
+from fedft.zo.step import spsa_step_
+from fedft.zo.trainable import initial_state, set_trainable_, trainable_params, trainable_state
 
 
 def train_round_zo(
@@ -55,7 +49,7 @@ def train_round_zo(
     modules = zo.trainable_modules
     initial_state(model, modules)  # captured before any step touches the shared model
     set_trainable_(model, start_factors, modules)
-    params = trainable_params(model, zo_layout(start_factors), modules)
+    params = trainable_params(model, zo_order(start_factors), modules)
     plan = plan_round(scenario, partition_id, client, server_round)
     batches = train_set.batches(
         scenario.train.batch_size, seed=plan.batch_seed, steps=zo.local_steps

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from fedft.adapters import factors_digest
-from fedft.algorithms.zo import ZoRecord, derived_seed_indices, seed_pool, seed_pool_id
 from fedft.config import Scenario
 from fedft.task import batch_seed
-from fedft.zo_wire import encode_zo_reply
+from fedft.wire.zo_reply import encode_zo_reply
+from fedft.zo.seeds import ZoRecord, derived_seed_indices, seed_pool, seed_pool_id
 
 
 @dataclass(frozen=True)

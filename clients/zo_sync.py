@@ -19,8 +19,10 @@ from fedft.records import (
     factors_to_record,
     record_to_factors,
 )
-from fedft.trainable import initial_state
-from fedft.zo_history import decode_history, replay_history_
+from fedft.wire.order import in_zo_order
+from fedft.wire.zo_history import decode_history
+from fedft.zo.replay import replay_history_
+from fedft.zo.trainable import initial_state
 
 STATE_FACTORS = "fedft-zo-factors"
 STATE_SYNC = "fedft-zo-sync"
@@ -48,9 +50,7 @@ def synced_factors(scenario: Scenario, context: Context, msg: Message) -> dict[s
             )
             if h.round > synced
         ]
-        replay_history_(
-            [factors[n] for n in sorted(factors)], missed, scenario.run.seed, scenario.zo.lr
-        )
+        replay_history_(in_zo_order(factors), missed, scenario.run.seed, scenario.zo.lr)
         synced = missed[-1].round if missed else synced
     if synced != server_round - 1:
         raise ReplyError(

@@ -21,5 +21,9 @@ class ReplyError(FedftError, ValueError):
     """A client's reply cannot be aggregated (names, shapes, dtypes, non-finite values)."""
 
 
+class ZoError(FedftError, ValueError):
+    """A seed pool, record, gradient, weight or scale of the zeroth-order path is invalid."""
+
+
 class Interrupted(Exception):
     """The user stopped a run (Ctrl-C): the run folder keeps its last completed round."""

@@ -24,7 +24,7 @@ from fedft.run_folder import check_same_scenario, stored_config
 from fedft.run_outputs import base_reference, write_adapter_folder
 from fedft.task import federated_data
 from fedft.train import evaluate, select_device
-from fedft.trainable import initial_state, save_module_weights, set_trainable_
+from fedft.zo.trainable import initial_state, save_module_weights, set_trainable_
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.strategies.fedit import ClientLog, ClientUpdate, FedIT
 from server.strategies.lora_fair import LoraFair

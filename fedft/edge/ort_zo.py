@@ -3,31 +3,25 @@
 The bundle's ``forward_model.onnx`` takes ``input_ids``, ``attention_mask``, ``labels`` and every
 LoRA factor (by peft state-dict name) as inputs and returns ``logits`` and the causal-LM ``loss``.
 It runs in a plain ``onnxruntime.InferenceSession``: no training runtime, no torch model, memory at
-inference level. The zeroth-order step is :func:`fedft.algorithms.zo.spsa_step_` on numpy arrays,
-with :func:`fedft.rng.perturb_numpy_` (bit-identical to :func:`fedft.rng.perturb_`) and the same
-float32 coefficients, so its records are interchangeable with the torch zo client's.
+inference level. The zeroth-order step is :func:`fedft.zo.step.spsa_step_numpy_`, the one SPSA step
+over :func:`fedft.zo.rng.perturb_numpy_` (bit-identical to :func:`fedft.zo.rng.perturb_`), so its
+records are interchangeable with the torch zo client's.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from fedft.algorithms.zo import (
-    ZoError,
-    ZoRecord,
-    check_eps,
-    dequantize_grads,
-    quantize_grads,
-    restore_and_step,
-)
 from fedft.data.encode import IGNORE_INDEX, EncodedDataset
 from fedft.edge.errors import EdgeError
-from fedft.rng import perturb_numpy_
 from fedft.train import EvalResult
+from fedft.wire.order import in_zo_order
+from fedft.zo.seeds import ZoError, ZoRecord
+from fedft.zo.step import spsa_step_numpy_
 
 Batch = Mapping[str, np.ndarray]
 DATA_INPUTS = ("input_ids", "attention_mask", "labels")
@@ -81,44 +75,6 @@ class ForwardModel:
         return logits, float(loss)
 
 
-def spsa_step_numpy_(
-    arrays: Sequence[np.ndarray],
-    loss_fn: Callable[[], float],
-    seed: int,
-    eps: float,
-    lr: float,
-    *,
-    grad_scale: float | None = None,
-) -> float:
-    r"""One SPSA step in place on numpy arrays: :func:`fedft.algorithms.zo.spsa_step_`, exactly.
-
-    ``w += eps z``; ``L+``; ``w -= 2 eps z``; ``L-``; ``g = float32((L+ - L-) / (2 eps))``
-    (quantized at ``grad_scale`` first, if given); ``w += (eps - lr g) z``. Every pass is
-    :func:`fedft.rng.perturb_numpy_` with the same float32 coefficients as the torch step, so from
-    the same arrays and losses the two give the same bits.
-
-    Returns
-    -------
-    float
-        The applied ``g``.
-    """
-    eps32 = check_eps(eps)
-    perturb_numpy_(arrays, seed, eps32)
-    loss_plus = float(loss_fn())
-    perturb_numpy_(arrays, seed, -2 * eps32)
-    loss_minus = float(loss_fn())
-    with np.errstate(over="ignore"):
-        grad = float(np.float32((loss_plus - loss_minus) / (2 * eps32)))
-    if not math.isfinite(grad):
-        perturb_numpy_(arrays, seed, eps32)
-        raise ZoError(f"seed {seed}: L+ = {loss_plus}, L- = {loss_minus} give g = {grad}")
-    if grad_scale is not None:
-        codes, _ = quantize_grads([grad], grad_scale)
-        grad = dequantize_grads(codes, grad_scale)[0]
-    perturb_numpy_(arrays, seed, restore_and_step(eps32, lr, grad))
-    return grad
-
-
 def ort_spsa_steps(
     model: ForwardModel,
     factors: MutableMapping[str, np.ndarray],
@@ -132,7 +88,7 @@ def ort_spsa_steps(
 ) -> tuple[list[ZoRecord], list[float]]:
     """Take one SPSA step per ``(index, batch)`` on the factors, in place, with ONNX Runtime.
 
-    The perturbed layout is the factor names sorted (``clients.zo_client.zo_layout``); step ``t``
+    The perturbed layout is the zo order (:func:`fedft.wire.order.zo_order`); step ``t``
     uses seed ``pool[indices[t]]`` and batch ``t``, as the torch zo client does.
 
     Parameters
@@ -157,7 +113,7 @@ def ort_spsa_steps(
     """
     for name in list(factors):
         factors[name] = np.ascontiguousarray(factors[name], dtype=np.float32)
-    arrays = [factors[name] for name in sorted(factors)]
+    arrays = in_zo_order(factors)
     records, losses = [], []
     for index, batch in zip(indices, batches, strict=True):
         if not 0 <= index < len(pool):

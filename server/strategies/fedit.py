@@ -27,7 +27,6 @@ from fedft.algorithms.validation import (
     update_norm,
     validate_factors,
 )
-from fedft.algorithms.zo import ZoRecord, seed_pool_id
 from fedft.config import RobustSection, ZoSection
 from fedft.errors import ReplyError
 from fedft.records import (
@@ -38,9 +37,10 @@ from fedft.records import (
     record_to_factors,
     without_scenario,
 )
-from fedft.update_wire import decode_update
-from fedft.zo_history import rebuild_factors
-from fedft.zo_wire import decode_zo_reply
+from fedft.wire.update import decode_update
+from fedft.wire.zo_reply import decode_zo_reply
+from fedft.zo.replay import rebuild_factors
+from fedft.zo.seeds import ZoRecord, seed_pool_id
 
 log = logging.getLogger("fedft.server")
 

@@ -2,8 +2,8 @@
 
 Downlink: a client gets the aggregates of the rounds it missed (``fedft.v1.ZoHistory``) and
 replays them, or the factors themselves when the history would cost more bytes
-(:func:`fedft.algorithms.zo.prefer_replay`). Uplink: its ``(seed index, g)`` records, one byte a
-step. The server sums ``g`` per seed (:func:`fedft.algorithms.zo.aggregate_records`) and replays
+(:func:`fedft.zo.replay.prefer_replay`). Uplink: its ``(seed index, g)`` records, one byte a
+step. The server sums ``g`` per seed (:func:`fedft.zo.replay.aggregate_records`) and replays
 the sum onto the global factors; it never sees a tensor from a client.
 """
 
@@ -18,14 +18,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedft.algorithms.zo import aggregate_records, prefer_replay
 from fedft.errors import ReplyError
 from fedft.records import (
     ZO_CHECKPOINT_ROUND_KEY,
     ZO_HISTORY_KEY,
     ZO_REPLY_KEY,
 )
-from fedft.zo_history import RoundAggregate, decode_history, encode_history, replay_history_
+from fedft.wire.order import in_zo_order
+from fedft.wire.zo_history import decode_history, encode_history
+from fedft.zo.replay import RoundAggregate, aggregate_records, prefer_replay, replay_history_
 from server.strategies.fedit import ClientUpdate, FedIT
 
 log = logging.getLogger("fedft.server")
@@ -117,7 +118,7 @@ class ZoStrategy(FedIT):
             raise ReplyError(f"the aggregate of seed {bad[0]} is not finite in float32")
         entry = RoundAggregate(server_round, self.zo.pool_size, aggregate)
         factors = {name: t.clone() for name, t in self.global_factors.items()}
-        replay_history_([factors[n] for n in sorted(factors)], [entry], self.run_seed, self.zo.lr)
+        replay_history_(in_zo_order(factors), [entry], self.run_seed, self.zo.lr)
         self.pending = entry
         self.round_metrics["zo.seeds"] = float(len(aggregate))
         return factors

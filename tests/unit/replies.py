@@ -8,11 +8,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedft.algorithms.lora_fair import LoraFairConfig
-from fedft.algorithms.zo import ZoRecord, derived_seed_indices, seed_pool_id
 from fedft.config import RobustSection, ZoSection
 from fedft.records import UPDATE_KEY, ZO_REPLY_KEY, factors_to_record, record_to_factors
-from fedft.update_wire import encode_update
-from fedft.zo_wire import encode_zo_reply
+from fedft.wire.update import encode_update
+from fedft.wire.zo_reply import encode_zo_reply
+from fedft.zo.seeds import ZoRecord, derived_seed_indices, seed_pool_id
 from server.strategies.fedit import FedIT
 from server.strategies.lora_fair import LoraFair
 from server.strategies.zo import ZoStrategy

@@ -14,12 +14,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedft.algorithms.validation import norm_outliers, update_norm
-from fedft.algorithms.zo import ZoRecord, derived_seed_indices, seed_pool_id
 from fedft.config import ZoSection
 from fedft.records import UPDATE_KEY, ZO_REPLY_KEY, factors_to_record, record_to_factors
-from fedft.update_wire import encode_update
 from fedft.v1 import update_pb2, zo_pb2
-from fedft.zo_wire import encode_zo_reply
+from fedft.wire.update import encode_update
+from fedft.wire.zo_reply import encode_zo_reply
+from fedft.zo.seeds import ZoRecord, derived_seed_indices, seed_pool_id
 from server.strategies.fedit import FedIT
 
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0

@@ -33,8 +33,8 @@ from replies import (
 from fedft.algorithms.fedavg import weighted_average
 from fedft.algorithms.validation import check_lora_products
 from fedft.config import ZoSection
-from fedft.update_wire import encode_update
 from fedft.v1 import update_pb2, zo_pb2
+from fedft.wire.update import encode_update
 
 A0, B0 = NAMES[0], NAMES[1]
 

@@ -24,21 +24,18 @@ import torch
 from transformers import AutoTokenizer
 
 from fedft.adapters import factor_params, get_factors, set_factors_
-from fedft.algorithms.zo import (
-    derived_seed_indices,
-    seed_pool,
-    seed_pool_id,
-    spsa_step_,
-)
 from fedft.config import load_scenario
 from fedft.data import encode_examples
 from fedft.edge.bundle import FORWARD_MODEL, TOKENIZER
 from fedft.edge.cache import ensure_bundle
 from fedft.edge.ort_train import train_steps
-from fedft.edge.ort_zo import ForwardModel, evaluate_forward, ort_spsa_steps, spsa_step_numpy_
+from fedft.edge.ort_zo import ForwardModel, evaluate_forward, ort_spsa_steps
 from fedft.models import load_base, wrap_lora
 from fedft.task import federated_data
 from fedft.train import evaluate
+from fedft.wire.order import zo_order
+from fedft.zo.seeds import derived_seed_indices, seed_pool, seed_pool_id
+from fedft.zo.step import spsa_step_, spsa_step_numpy_
 
 ROOT = Path(__file__).resolve().parents[2]
 LR, STEPS = 3e-3, 10
@@ -184,7 +181,7 @@ def test_zo_records_match_the_torch_zo_step(model, forward, start, data, scenari
 
     set_factors_(model, start)
     model.eval()
-    params = factor_params(model, sorted(start))  # clients.zo_client.zo_layout
+    params = factor_params(model, zo_order(start))
     expected = []
     for index, batch in zip(indices, batches, strict=True):
 
@@ -239,7 +236,7 @@ def test_numpy_spsa_step_is_bit_identical_to_the_torch_step():
 
 def test_ort_zo_client_replies_like_the_torch_zo_client(bundle, start, monkeypatch):
     from clients import ort_client, ort_zo, zo_client
-    from fedft.zo_wire import decode_zo_reply
+    from fedft.wire.zo_reply import decode_zo_reply
 
     scenario = load_scenario(
         ROOT / "simulations" / "default.toml", ["zo.grad_encoding='fp32'", "zo.local_steps=6"]

@@ -9,7 +9,6 @@ import torch
 from clients import torch_client
 from fedft.adapters import factor_params, get_factors, set_factors_
 from fedft.algorithms.validation import validate_factors
-from fedft.algorithms.zo import spsa_step_
 from fedft.config import LoraConfig, ModelConfig, TinyModelConfig, load_scenario
 from fedft.data import builtin_task, encode_examples
 from fedft.errors import ConfigError
@@ -23,7 +22,8 @@ from fedft.quantize import (
     require_bitsandbytes,
 )
 from fedft.records import factors_to_record, record_nbytes, record_to_factors
-from fedft.rng import layout_of, perturbation_numpy
+from fedft.zo.rng import layout_of, perturbation_numpy
+from fedft.zo.step import spsa_step_
 
 TINY = ModelConfig()
 LORA = LoraConfig(rank=4, target_modules=("q_proj", "v_proj", "down_proj", "lm_head"))

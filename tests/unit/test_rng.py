@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedft.rng import (
+from fedft.zo.rng import (
     PerturbationError,
     hash_words_numpy,
     layout_of,
@@ -209,7 +209,7 @@ def test_perturb_rejects_bad_tensors_and_arguments():
 
 
 def test_word_bytes_come_low_byte_first_on_either_byte_order():
-    from fedft.rng import _low_bytes_first
+    from fedft.zo.rng import _low_bytes_first
 
     words = torch.tensor([0x04030201, -0x10000000 | 0x0D0C0B], dtype=torch.int32)
     little = words.view(torch.uint8)  # this machine's memory

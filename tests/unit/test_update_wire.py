@@ -14,20 +14,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedft.algorithms.zo import ZoRecord, derived_seed_indices, seed_pool_id
 from fedft.errors import ReplyError
-from fedft.update_wire import (
-    MAX_NDIM,
-    WireError,
-    decode_update,
-    dequantize_rows,
-    encode_update,
-    quantize_rows,
-)
 from fedft.v1 import update_pb2, zo_pb2
-from fedft.zo_history import RoundAggregate, decode_history, encode_history
-from fedft.zo_wire import WIRE_VERSION, decode_zo_reply, encode_zo_reply
-from fedft.zo_wire import WireError as ZoWireError
+from fedft.wire.errors import WireError
+from fedft.wire.errors import WireError as ZoWireError
+from fedft.wire.update import MAX_NDIM, decode_update, dequantize_rows, encode_update, quantize_rows
+from fedft.wire.zo_history import decode_history, encode_history
+from fedft.wire.zo_reply import WIRE_VERSION, decode_zo_reply, encode_zo_reply
+from fedft.zo.replay import RoundAggregate
+from fedft.zo.seeds import ZoRecord, derived_seed_indices, seed_pool_id
 
 FP32 = update_pb2.TENSOR_ENCODING_FP32
 ROUNDING = 127 * 2**-24  # float32(code * scale) may round by this many scales

@@ -11,24 +11,25 @@ import numpy as np
 import pytest
 import torch
 
-from fedft.algorithms.zo import (
-    ZoError,
-    ZoRecord,
+from fedft.wire.int8 import dequantize_grads, quantize_grads
+from fedft.wire.zo_reply import encode_zo_reply
+from fedft.zo.replay import (
     aggregate_records,
-    dequantize_grads,
-    derived_seed_indices,
     history_bytes,
-    index_width,
     prefer_replay,
-    quantize_grads,
     replay_,
     replay_records_,
+)
+from fedft.zo.rng import layout_of, perturbation_numpy
+from fedft.zo.seeds import (
+    ZoError,
+    ZoRecord,
+    derived_seed_indices,
+    index_width,
     seed_pool,
     seed_pool_id,
-    spsa_step_,
 )
-from fedft.rng import layout_of, perturbation_numpy
-from fedft.zo_wire import encode_zo_reply
+from fedft.zo.step import spsa_step_
 
 REPO = Path(__file__).parents[2]
 VECTORS = json.loads((REPO / "tests" / "data" / "rng_vectors.json").read_text())
@@ -257,8 +258,9 @@ def test_replaying_a_clients_records_rebuilds_it_exactly_in_process():
 REPLAY_SCRIPT = textwrap.dedent(
     """
     import hashlib, sys, torch
-    from fedft.algorithms.zo import replay_records_, seed_pool
-    from fedft.zo_wire import decode_zo_reply
+    from fedft.zo.replay import replay_records_
+    from fedft.zo.seeds import seed_pool
+    from fedft.wire.zo_reply import decode_zo_reply
 
     torch.set_num_threads(1)  # the training process used the default thread count
     start = torch.load(sys.argv[1])

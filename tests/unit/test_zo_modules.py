@@ -8,9 +8,9 @@ from clients.torch_client import client_model
 from clients.zo_client import train_round_zo
 from fedft.config import load_scenario
 from fedft.errors import ConfigError
-from fedft.trainable import initial_state, save_module_weights
-from fedft.zo_history import rebuild_factors
-from fedft.zo_wire import decode_zo_reply
+from fedft.wire.zo_reply import decode_zo_reply
+from fedft.zo.replay import rebuild_factors
+from fedft.zo.trainable import initial_state, save_module_weights
 
 ZO = [
     "federation.strategy='zo'",

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from fedft.algorithms.zo import ZoRecord, derived_seed_indices, seed_pool_id
 from fedft.v1 import zo_pb2
-from fedft.zo_wire import WireError, decode_zo_reply, encode_zo_reply
+from fedft.wire.errors import WireError
+from fedft.wire.zo_reply import decode_zo_reply, encode_zo_reply
+from fedft.zo.seeds import ZoRecord, derived_seed_indices, seed_pool_id
 
 K = 4096
 PID = seed_pool_id(7, 0, K)
@@ -166,7 +167,7 @@ def test_sizes_are_checked_before_any_seed_index_is_derived(monkeypatch):
     message = zo_pb2.ZoReply()
     message.ParseFromString(encode(derived_records(50)))
     message.grads = b""
-    import fedft.zo_wire as wire
+    import fedft.wire.zo_reply as wire
 
     def derive(*args):
         raise AssertionError("derived seed indices for a message with no scalars")

@@ -24,36 +24,22 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from fedft import zo_wire
-from fedft.errors import ReplyError
 from fedft.v1 import update_pb2
+from fedft.wire.errors import WireError
+from fedft.wire.int8 import dequantize_matrix, quantize_matrix
 
 UPDATE_WIRE_VERSION = 1
 MAX_NDIM = 8
-INT8_LEVELS = 127
 ENCODINGS = {
     "fp32": update_pb2.TENSOR_ENCODING_FP32,
     "int8": update_pb2.TENSOR_ENCODING_INT8_ROW,
 }
 _NAMES = {v: k for k, v in ENCODINGS.items()}
 _F32 = np.dtype("<f4")
-_TINY = float(np.finfo(np.float32).tiny)  # 2**-126: smaller row maxima are sent as zeros
 
 
-class WireError(zo_wire.WireError):
-    """An update cannot be encoded or decoded.
-
-    ``field`` names the offending message field (``version``, ``tensors``, ``name``, ``shape``,
-    ``encoding``, ``data``, ``scales``) and ``tensor`` the tensor's name, if any. A subclass of
-    :class:`fedft.zo_wire.WireError`, so one ``except`` covers every fedft wire message.
-    """
-
-    def __init__(self, field: str, message: str, tensor: str | None = None) -> None:
-        self.field = field
-        self.tensor = tensor
-        where = f"update `{field}`" if tensor is None else f"update tensor {tensor!r} `{field}`"
-        # ReplyError's constructor, not zo_wire.WireError's (whose text says "zo reply").
-        ReplyError.__init__(self, f"{where}: {message}")
+def _error(field: str, message: str, tensor: str | None = None) -> WireError:
+    return WireError("update", field, message, tensor)
 
 
 def _rows(shape: tuple[int, ...]) -> int:
@@ -64,6 +50,7 @@ def _rows(shape: tuple[int, ...]) -> int:
 def quantize_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 quantization with one float32 scale per row (``d0``).
 
+    :func:`fedft.wire.int8.quantize_matrix` on the tensor read as a matrix:
     ``scale = float32(max|row| / 127)`` (0 when below 2**-126: the row becomes zeros) and
     ``code = clip(rint(x / scale), -127, 127)`` in float64, ties to even; then
     ``|x - dequantize_rows(code, scale)| <= scale / 2`` up to one float32 rounding.
@@ -87,23 +74,16 @@ def quantize_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows = _rows(shape)
     cols = tensor.numel() // rows if rows else 0
     x = tensor.detach().cpu().to(torch.float64).reshape(rows, cols).numpy()  # (rows, cols)
-    if x.size and not np.all(np.isfinite(x)):
-        raise WireError("data", "cannot quantize non-finite values (NaN or Inf)")
-    peak = np.max(np.abs(x), axis=1, initial=0.0)  # (rows,)
-    scales = (peak / INT8_LEVELS).astype(np.float32)
-    scales[scales < _TINY] = 0.0
-    safe = np.where(scales > 0, scales.astype(np.float64), 1.0)[:, None]  # (rows, 1)
-    codes = np.clip(np.rint(x / safe), -INT8_LEVELS, INT8_LEVELS) * (scales > 0)[:, None]
-    codes_t = torch.from_numpy(codes.astype(np.int8)).reshape(shape)
-    return codes_t, torch.from_numpy(scales)
+    codes, scales = quantize_matrix(x)
+    return torch.from_numpy(codes).reshape(shape), torch.from_numpy(scales)
 
 
 def dequantize_rows(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """``float32(code * scale)`` for every entry and its row's scale (one float32 rounding)."""
     shape = tuple(codes.shape)
     rows = _rows(shape)
-    matrix = codes.to(torch.float32).reshape(rows, codes.numel() // rows if rows else 0)
-    return (matrix * scales.to(torch.float32)[:, None]).reshape(shape)
+    matrix = codes.cpu().numpy().reshape(rows, codes.numel() // rows if rows else 0)
+    return torch.from_numpy(dequantize_matrix(matrix, scales.cpu().numpy())).reshape(shape)
 
 
 def encode_update(factors: Mapping[str, torch.Tensor], encoding: str = "fp32") -> bytes:
@@ -129,17 +109,17 @@ def encode_update(factors: Mapping[str, torch.Tensor], encoding: str = "fp32") -
         dtype or a non-finite value.
     """
     if encoding not in ENCODINGS:
-        raise WireError("encoding", f"must be one of {sorted(ENCODINGS)}, got {encoding!r}")
+        raise _error("encoding", f"must be one of {sorted(ENCODINGS)}, got {encoding!r}")
     if not factors:
-        raise WireError("tensors", "no tensors to send")
+        raise _error("tensors", "no tensors to send")
     message = update_pb2.LoraUpdate(version=UPDATE_WIRE_VERSION)
     for name, tensor in factors.items():
         _check_layout(name, tuple(tensor.shape))
         if not tensor.is_floating_point():
-            raise WireError("data", f"dtype {tensor.dtype} is not floating", name)
+            raise _error("data", f"dtype {tensor.dtype} is not floating", name)
         values = tensor.detach().cpu().to(torch.float32).contiguous()
         if not bool(torch.isfinite(values).all()):
-            raise WireError("data", "holds non-finite values (NaN or Inf)", name)
+            raise _error("data", "holds non-finite values (NaN or Inf)", name)
         entry = message.tensors.add(name=name, shape=values.shape, encoding=ENCODINGS[encoding])
         if encoding == "fp32":
             entry.data = values.numpy().astype(_F32, copy=False).tobytes()
@@ -152,13 +132,13 @@ def encode_update(factors: Mapping[str, torch.Tensor], encoding: str = "fp32") -
 
 def _check_layout(name: str, shape: tuple[int, ...]) -> None:
     if not name:
-        raise WireError("name", "must be non-empty")
+        raise _error("name", "must be non-empty")
     if len(shape) > MAX_NDIM:
-        raise WireError("shape", f"{len(shape)} dimensions, at most {MAX_NDIM}", name)
+        raise _error("shape", f"{len(shape)} dimensions, at most {MAX_NDIM}", name)
     if any(not 0 <= d < 2**32 for d in shape):
-        raise WireError("shape", f"dimensions must be in [0, 2**32), got {shape}", name)
+        raise _error("shape", f"dimensions must be in [0, 2**32), got {shape}", name)
     if math.prod(max(d, 1) for d in shape) >= 2**62:  # even with no element: strides overflow
-        raise WireError("shape", f"{shape} is larger than any tensor can be", name)
+        raise _error("shape", f"{shape} is larger than any tensor can be", name)
 
 
 def _decode_tensor(entry: update_pb2.LoraTensor) -> torch.Tensor:
@@ -167,33 +147,33 @@ def _decode_tensor(entry: update_pb2.LoraTensor) -> torch.Tensor:
     numel = math.prod(shape)
     if entry.encoding == update_pb2.TENSOR_ENCODING_FP32:
         if entry.scales:
-            raise WireError("scales", "must be empty with fp32", name)
+            raise _error("scales", "must be empty with fp32", name)
         if len(entry.data) != 4 * numel:
-            raise WireError("data", f"{len(entry.data)} bytes for {shape} in fp32", name)
+            raise _error("data", f"{len(entry.data)} bytes for {shape} in fp32", name)
         values = np.frombuffer(entry.data, _F32)
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
-            raise WireError("data", f"entry {int(bad[0])} is {values[bad[0]]}", name)
+            raise _error("data", f"entry {int(bad[0])} is {values[bad[0]]}", name)
         return torch.from_numpy(values.astype(np.float32)).reshape(shape)
     rows = _rows(shape)
     if len(entry.data) != numel:
-        raise WireError("data", f"{len(entry.data)} bytes for {shape} in int8", name)
+        raise _error("data", f"{len(entry.data)} bytes for {shape} in int8", name)
     if len(entry.scales) != 4 * rows:
-        raise WireError("scales", f"{len(entry.scales)} bytes for {rows} rows", name)
+        raise _error("scales", f"{len(entry.scales)} bytes for {rows} rows", name)
     scales = np.frombuffer(entry.scales, _F32)
     bad = np.flatnonzero(~(np.isfinite(scales) & (scales >= 0)))
     if bad.size:
-        raise WireError("scales", f"row {int(bad[0])} has scale {scales[bad[0]]}", name)
+        raise _error("scales", f"row {int(bad[0])} has scale {scales[bad[0]]}", name)
     codes = np.frombuffer(entry.data, np.int8).reshape(rows, numel // rows if rows else 0)
     bad = np.argwhere((codes == -128) | ((codes != 0) & (scales == 0)[:, None]))
     if bad.size:
         row, col = bad[0]
         message = f"code {codes[row, col]} at ({row}, {col}) with row scale {scales[row]}"
-        raise WireError("data", message, name)
+        raise _error("data", message, name)
     with np.errstate(over="ignore"):
-        values = codes.astype(np.float32) * scales[:, None]
+        values = dequantize_matrix(codes, scales)
     if not np.all(np.isfinite(values)):
-        raise WireError("scales", "code * scale overflows float32", name)
+        raise _error("scales", "code * scale overflows float32", name)
     return torch.from_numpy(values).reshape(shape)
 
 
@@ -226,18 +206,18 @@ def decode_update(
     try:
         message.ParseFromString(bytes(data))
     except DecodeError as error:
-        raise WireError("message", f"not a LoraUpdate ({error})") from None
+        raise _error("message", f"not a LoraUpdate ({error})") from None
     if message.version != UPDATE_WIRE_VERSION:
-        raise WireError("version", f"expected {UPDATE_WIRE_VERSION}, got {message.version}")
+        raise _error("version", f"expected {UPDATE_WIRE_VERSION}, got {message.version}")
     if not message.tensors:
-        raise WireError("tensors", "no tensors")
+        raise _error("tensors", "no tensors")
     out: dict[str, torch.Tensor] = {}
     for entry in message.tensors:
         _check_layout(entry.name, tuple(entry.shape))
         if entry.name in out:
-            raise WireError("name", "appears twice", entry.name)
+            raise _error("name", "appears twice", entry.name)
         if entry.encoding not in _NAMES:
-            raise WireError("encoding", f"unknown value {entry.encoding}", entry.name)
+            raise _error("encoding", f"unknown value {entry.encoding}", entry.name)
         if template is not None:  # names and shapes bound what is decoded, before any allocation
             _check_entry(entry.name, tuple(entry.shape), template)
         out[entry.name] = _decode_tensor(entry)
@@ -248,12 +228,12 @@ def decode_update(
 
 def _check_entry(name: str, shape: tuple[int, ...], template: Mapping[str, torch.Tensor]) -> None:
     if name not in template:
-        raise WireError("name", "is not a tensor of the global state", name)
+        raise _error("name", "is not a tensor of the global state", name)
     if shape != tuple(template[name].shape):
-        raise WireError("shape", f"{shape}, expected {tuple(template[name].shape)}", name)
+        raise _error("shape", f"{shape}, expected {tuple(template[name].shape)}", name)
 
 
 def _check_template(got: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor]) -> None:
     missing = [name for name in template if name not in got]
     if missing:
-        raise WireError("tensors", f"missing ({len(missing)} missing)", missing[0])
+        raise _error("tensors", f"missing ({len(missing)} missing)", missing[0])

@@ -2,7 +2,7 @@
 
 The message carries one client's local steps as ``(seed index, g)``: by default ``g`` as one int8
 code per step with one float32 scale, and no seed index at all (the client derives its indices from
-``(pool_id, round, client, step)``, see :func:`fedft.algorithms.zo.derived_seed_indices`). The
+``(pool_id, round, client, step)``, see :func:`fedft.zo.seeds.derived_seed_indices`). The
 decoder trusts nothing: every field is checked and a bad message raises :class:`WireError` naming
 the field.
 """
@@ -16,15 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from fedft.algorithms.zo import (
-    ZoRecord,
-    dequantize_grads,
-    derived_seed_indices,
-    index_width,
-    quantize_grads,
-)
-from fedft.errors import ReplyError
 from fedft.v1 import zo_pb2
+from fedft.wire.errors import WireError
+from fedft.wire.int8 import dequantize_grads, quantize_grads
+from fedft.zo.seeds import ZoRecord, derived_seed_indices, index_width
 
 WIRE_VERSION = 2  # 2: the client's index replaced its Flower node id
 GRAD_ENCODINGS = {"int8": zo_pb2.ZO_GRAD_ENCODING_INT8, "fp32": zo_pb2.ZO_GRAD_ENCODING_FP32}
@@ -36,12 +31,8 @@ _INDEX_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _FP32 = np.dtype("<f4")
 
 
-class WireError(ReplyError):
-    """A zo reply cannot be encoded or decoded; ``field`` names the offending message field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        super().__init__(f"zo reply `{field}`: {message}")
+def _error(field: str, message: str) -> WireError:
+    return WireError("zo reply", field, message)
 
 
 @dataclass(frozen=True)
@@ -59,12 +50,12 @@ class ZoReplyMessage:
 
 def _check_uint(field: str, value: int, bits: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**bits:
-        raise WireError(field, f"must be an integer in [0, 2**{bits}), got {value!r}")
+        raise _error(field, f"must be an integer in [0, 2**{bits}), got {value!r}")
 
 
 def _choice(field: str, value: str, table: dict[str, int]) -> int:
     if value not in table:
-        raise WireError(field, f"must be one of {sorted(table)}, got {value!r}")
+        raise _error(field, f"must be one of {sorted(table)}, got {value!r}")
     return table[value]
 
 
@@ -86,7 +77,7 @@ def encode_zo_reply(
     records : Sequence[ZoRecord]
         The local steps in order.
     pool_id, round, client : int
-        The seed pool (:func:`fedft.algorithms.zo.seed_pool_id`), the server round and the client's
+        The seed pool (:func:`fedft.zo.seeds.seed_pool_id`), the server round and the client's
         index in the scenario (its partition id).
     pool_size : int
         ``K``; sets the index width of ``explicit`` seed indices.
@@ -95,7 +86,7 @@ def encode_zo_reply(
     seed_choice : {"derived", "explicit"}
         ``derived`` sends no index and requires the records' indices to be the derived ones.
     grad_scale : float, optional
-        The fixed int8 scale the client applied (:func:`fedft.algorithms.zo.spsa_step_`); by
+        The fixed int8 scale the client applied (:func:`fedft.zo.seeds.spsa_step_`); by
         default ``max|g| / 127``.
 
     Returns
@@ -117,20 +108,18 @@ def encode_zo_reply(
         seed_choice=_choice("seed_choice", seed_choice, SEED_CHOICES),
     )
     if grad_scale is not None and grad_encoding != "int8":
-        raise WireError("grad_scale", f"only applies to int8 grads, not {grad_encoding!r}")
+        raise _error("grad_scale", f"only applies to int8 grads, not {grad_encoding!r}")
     indices = [r.seed_index for r in records]
     for t, index in enumerate(indices):
         if not 0 <= index < pool_size:
-            raise WireError(
-                "seed_indices", f"step {t}: index {index} outside the pool of {pool_size}"
-            )
+            raise _error("seed_indices", f"step {t}: index {index} outside the pool of {pool_size}")
     if seed_choice == "explicit":
         message.seed_indices = np.asarray(indices, _INDEX_DTYPES[index_width(pool_size)]).tobytes()
     else:
         derived = derived_seed_indices(pool_id, round, client, len(records), pool_size)
         for t, (index, expected) in enumerate(zip(indices, derived, strict=True)):
             if index != expected:
-                raise WireError("seed_indices", f"step {t}: index {index}, derived {expected}")
+                raise _error("seed_indices", f"step {t}: index {index}, derived {expected}")
     grads = [r.grad for r in records]
     if grad_encoding == "int8":
         codes, message.scale = quantize_grads(grads, grad_scale)
@@ -144,13 +133,13 @@ def _decode_indices(message: zo_pb2.ZoReply, pool_size: int) -> list[int]:
     steps = message.num_steps
     if message.seed_choice == zo_pb2.ZO_SEED_CHOICE_DERIVED:
         if message.seed_indices:
-            raise WireError("seed_indices", "must be empty when seed_choice is derived")
+            raise _error("seed_indices", "must be empty when seed_choice is derived")
         return derived_seed_indices(
             message.pool_id, message.round, message.client, steps, pool_size
         )
     dtype = _INDEX_DTYPES[index_width(pool_size)]
     if len(message.seed_indices) != steps * dtype.itemsize:
-        raise WireError(
+        raise _error(
             "seed_indices",
             f"{len(message.seed_indices)} bytes for {steps} steps of {dtype.itemsize} bytes",
         )
@@ -158,7 +147,7 @@ def _decode_indices(message: zo_pb2.ZoReply, pool_size: int) -> list[int]:
     outside = np.flatnonzero(indices >= pool_size)
     if outside.size:
         t = int(outside[0])
-        raise WireError(
+        raise _error(
             "seed_indices", f"step {t}: index {indices[t]} outside the pool of {pool_size}"
         )
     return indices.tolist()
@@ -168,29 +157,29 @@ def _decode_grads(message: zo_pb2.ZoReply) -> list[float]:
     steps, scale, raw = message.num_steps, message.scale, message.grads
     if message.grad_encoding == zo_pb2.ZO_GRAD_ENCODING_FP32:
         if scale != 0.0:
-            raise WireError("scale", f"must be 0 with fp32 grads, got {scale}")
+            raise _error("scale", f"must be 0 with fp32 grads, got {scale}")
         if len(raw) != 4 * steps:
-            raise WireError("grads", f"{len(raw)} bytes for {steps} float32 steps")
+            raise _error("grads", f"{len(raw)} bytes for {steps} float32 steps")
         values = np.frombuffer(raw, _FP32)
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
-            raise WireError("grads", f"step {int(bad[0])} is {values[bad[0]]}")
+            raise _error("grads", f"step {int(bad[0])} is {values[bad[0]]}")
         return values.astype(np.float64).tolist()
     if not (math.isfinite(scale) and scale >= 0.0):
-        raise WireError("scale", f"must be finite and >= 0, got {scale}")
+        raise _error("scale", f"must be finite and >= 0, got {scale}")
     if len(raw) != steps:
-        raise WireError("grads", f"{len(raw)} bytes for {steps} int8 steps")
+        raise _error("grads", f"{len(raw)} bytes for {steps} int8 steps")
     codes = np.frombuffer(raw, np.int8)
     bad = np.flatnonzero((codes == -128) | ((codes != 0) & (scale == 0.0)))
     if bad.size:
         t = int(bad[0])
-        raise WireError("grads", f"step {t}: code {codes[t]} with scale {scale}")
+        raise _error("grads", f"step {t}: code {codes[t]} with scale {scale}")
     with np.errstate(over="ignore"):
         grads = dequantize_grads(codes, scale)
     bad = np.flatnonzero(~np.isfinite(grads))
     if bad.size:  # a finite scale near float32's max times a code overflows
         t = int(bad[0])
-        raise WireError("scale", f"step {t}: code {codes[t]} * scale {scale} overflows float32")
+        raise _error("scale", f"step {t}: code {codes[t]} * scale {scale} overflows float32")
     return grads
 
 
@@ -205,16 +194,14 @@ def _check_expected(
     """Refuse a reply whose encoding, seed choice or int8 scale is not the run's."""
     got = encodings[message.grad_encoding]
     if grad_encoding is not None and got != grad_encoding:
-        raise WireError("grad_encoding", f"{got!r}, but this run uses {grad_encoding!r}")
+        raise _error("grad_encoding", f"{got!r}, but this run uses {grad_encoding!r}")
     choice = choices[message.seed_choice]
     if seed_choice is not None and choice != seed_choice:
-        raise WireError("seed_choice", f"{choice!r}, but this run uses {seed_choice!r}")
+        raise _error("seed_choice", f"{choice!r}, but this run uses {seed_choice!r}")
     if grad_scale is not None and got == "int8":
         fixed = float(np.float32(grad_scale))
         if message.scale != fixed:
-            raise WireError(
-                "scale", f"{message.scale:.9g}, but this run's fixed scale is {fixed:.9g}"
-            )
+            raise _error("scale", f"{message.scale:.9g}, but this run's fixed scale is {fixed:.9g}")
 
 
 def decode_zo_reply(
@@ -272,29 +259,29 @@ def decode_zo_reply(
     try:
         message.ParseFromString(bytes(data))
     except DecodeError as error:
-        raise WireError("message", f"not a ZoReply ({error})") from error
+        raise _error("message", f"not a ZoReply ({error})") from error
     if message.version != WIRE_VERSION:
-        raise WireError("version", f"expected {WIRE_VERSION}, got {message.version}")
+        raise _error("version", f"expected {WIRE_VERSION}, got {message.version}")
     for field, expected in (("pool_id", pool_id), ("round", round)):
         if expected is not None and getattr(message, field) != expected:
-            raise WireError(field, f"expected {expected}, got {getattr(message, field)}")
+            raise _error(field, f"expected {expected}, got {getattr(message, field)}")
     if num_clients is not None and message.client >= num_clients:
-        raise WireError("client", f"{message.client} outside the scenario's {num_clients} clients")
+        raise _error("client", f"{message.client} outside the scenario's {num_clients} clients")
     if message.num_steps > max_steps:
-        raise WireError("num_steps", f"{message.num_steps} steps, at most {max_steps} announced")
+        raise _error("num_steps", f"{message.num_steps} steps, at most {max_steps} announced")
     encodings = {v: k for k, v in GRAD_ENCODINGS.items()}
     choices = {v: k for k, v in SEED_CHOICES.items()}
     if message.grad_encoding not in encodings:
-        raise WireError("grad_encoding", f"unknown value {message.grad_encoding}")
+        raise _error("grad_encoding", f"unknown value {message.grad_encoding}")
     if message.seed_choice not in choices:
-        raise WireError("seed_choice", f"unknown value {message.seed_choice}")
+        raise _error("seed_choice", f"unknown value {message.seed_choice}")
     _check_expected(message, encodings, choices, grad_encoding, seed_choice, grad_scale)
     grads = _decode_grads(message)  # checks the byte lengths against num_steps first
     if grad_clip is not None:
         over = np.flatnonzero(np.abs(np.asarray(grads, np.float64)) > grad_clip)
         if over.size:
             t = int(over[0])
-            raise WireError("grads", f"step {t}: |g| = {abs(grads[t]):.6g} > zo.grad_clip")
+            raise _error("grads", f"step {t}: |g| = {abs(grads[t]):.6g} > zo.grad_clip")
     indices = _decode_indices(message, pool_size)
     return ZoReplyMessage(
         pool_id=message.pool_id,
