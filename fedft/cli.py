@@ -15,49 +15,61 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from fedft.console import console_logging
+from fedft.cli_common import (
+    Parser,
+    add_overrides,
+    add_scenario,
+    add_verbose,
+    named_scenario,
+    scenario_path,
+)
+from fedft.console import console_logging, quiet_libraries
 from fedft.deploy import cli as deploy_cli
 from fedft.edge import cli as edge_cli
 from fedft.errors import FedftError, Interrupted
 
-DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "simulations" / "default.toml"
-
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fedft", description="Federated and on-device fine-tuning of language models."
+    parser = Parser(
+        prog="fedft",
+        description="Federated and on-device fine-tuning of language models. Every command "
+        "that reads a scenario takes it as [SCENARIO] or --scenario (default: "
+        "simulations/default.toml) and --set KEY=VALUE overrides; -v shows library warnings "
+        "and Flower's notices; Ctrl-C exits with code 130, a user error with 2.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"fedft {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sim = sub.add_parser("simulate", help="run a scenario on this machine (Flower simulation)")
+    add_scenario(sim)
+    add_overrides(sim)
     sim.add_argument(
-        "scenario", nargs="?", help="scenario TOML file (default: simulations/default.toml)"
-    )
-    sim.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a scenario key, e.g. --set federation.num_rounds=5 (repeatable)",
-    )
-    sim.add_argument(
-        "--out", type=Path, help="run folder (default: <run.output_dir>/<name>-<time>)"
+        "--out", type=Path, help="run folder (default: <run.output_dir>/<run.name>-<time>)"
     )
     sim.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue a run folder from its checkpoint"
     )
-    sim.add_argument("-v", "--verbose", action="store_true", help="show Flower's own logs")
+    add_verbose(sim)
 
     cmp = sub.add_parser("compare", help="run strategies over seeds; write a table and a plot")
-    cmp.add_argument("scenario", type=Path, help="scenario TOML file")
+    add_scenario(cmp)
+    add_overrides(cmp)
     cmp.add_argument("--strategies", default="fedit,lora_fair", help="comma-separated strategies")
     cmp.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
-    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cmp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    add_verbose(cmp)
     _add_merge_parser(sub)
     deploy_cli.add_parsers(sub)
     edge_cli.add_parser(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedft")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _add_merge_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +79,7 @@ def _add_merge_parser(sub: argparse._SubParsersAction) -> None:
     merge.add_argument(
         "--base", type=Path, help="base model folder, if it moved (default: the adapter's)"
     )
+    add_verbose(merge)
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -79,16 +92,14 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from fedft.config import check_local_files, load_scenario
-    from fedft.console import long_step, quiet_libraries
-
-    quiet_libraries(args.verbose)  # before transformers is imported: it reads the environment
+    from fedft.console import long_step
     from fedft.run_folder import check_same_scenario, check_writable_folder, default_run_dir
 
     # First what needs no torch, transformers or Ray: the scenario, the run folder.
-    path = args.scenario or (DEFAULT_SCENARIO if DEFAULT_SCENARIO.is_file() else None)
+    path = scenario_path(args)
     overrides = list(args.overrides)
     if args.resume is not None:  # the run's own scenario, unless one is named
-        path = args.scenario or args.resume / "config.toml"
+        path = named_scenario(args) or args.resume / "config.toml"
         overrides.append(f"run.resume_dir={json.dumps(str(args.resume))}")
     scenario = load_scenario(path, overrides)
     if args.resume is not None:
@@ -158,12 +169,11 @@ def _compare(args: argparse.Namespace) -> int:
     from fedft.run_folder import check_writable_folder
 
     check_writable_folder(args.out, "--out")
+    path = scenario_path(args)
     for strategy in strategies:  # validate every run's scenario before starting any
-        scenario = load_scenario(
-            args.scenario, [*args.overrides, f"federation.strategy='{strategy}'"]
-        )
+        scenario = load_scenario(path, [*args.overrides, f"federation.strategy='{strategy}'"])
     check_local_files(scenario)
-    print(compare(args.scenario, strategies, seeds, args.overrides, args.out))
+    print(compare(path, strategies, seeds, args.overrides, args.out))
     return 0
 
 
@@ -171,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedft`` console script."""
     args = _parser().parse_args(argv)
     console_logging()
+    # Before transformers or Flower are imported: they read the environment this sets.
+    quiet_libraries(getattr(args, "verbose", False))
     try:
         if args.command == "simulate":
             return _simulate(args)

@@ -50,20 +50,12 @@ def console_logging() -> None:
     fedft_log.propagate = False
 
 
-def verbose() -> bool:
-    """Whether this process, or the command that started it, runs with ``--verbose``."""
-    return os.environ.get(VERBOSE_ENV) == "1"
-
-
-def quiet_libraries(verbose_mode: bool | None = None) -> None:
+def quiet_libraries(verbose_mode: bool) -> None:
     """Hide library chatter in this process and the processes it starts, unless verbose.
 
     Call it before heavy imports (the environment variables are read on import) and again after
     Flower's simulation module is imported: that module puts its own warning filter first.
     """
-    if verbose_mode is None:
-        verbose_mode = verbose()
-    os.environ[VERBOSE_ENV] = "1" if verbose_mode else "0"
     if verbose_mode:
         return
     # Read on import by Ray's workers (the interpreter) and transformers / huggingface_hub.
@@ -79,6 +71,11 @@ def quiet_libraries(verbose_mode: bool | None = None) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+def mark_simulation_workers(verbose_mode: bool) -> None:
+    """Tell the Ray workers this process starts whether to keep quiet (see :func:`quiet_worker`)."""
+    os.environ[VERBOSE_ENV] = "1" if verbose_mode else "0"
 
 
 def quiet_worker() -> None:
@@ -101,11 +98,11 @@ class _DropNotices(logging.Filter):
         return not any(notice in message for notice in _FLOWER_NOTICES)
 
 
-def plain_flower_logs() -> None:
+def plain_flower_logs(verbose_mode: bool) -> None:
     """Flower's console handler: colours on a terminal only, WARNING and above unless verbose."""
     from flwr.supercore.logger import update_console_handler
 
-    if verbose():
+    if verbose_mode:
         update_console_handler(colored=sys.stderr.isatty())
     else:
         logging.getLogger("flwr").setLevel(logging.WARNING)

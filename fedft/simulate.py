@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from fedft.config import Scenario
-from fedft.console import plain_flower_logs, quiet_libraries
+from fedft.console import mark_simulation_workers, plain_flower_logs, quiet_libraries
 from fedft.errors import Interrupted
 
 log = logging.getLogger("fedft")
@@ -93,7 +93,8 @@ def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
     torch.set_num_threads(1)
     # Ray's workers inherit this environment (and quiet themselves: see clients.app).
     quiet_libraries(verbose)  # again: importing flwr.simulation put its warning filter first
-    plain_flower_logs()
+    mark_simulation_workers(verbose)
+    plain_flower_logs(verbose)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a redirected log

@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 from types import FrameType
 
+from fedft.cli_common import add_overrides, add_scenario, add_verbose, named_scenario
 from fedft.config import BACKENDS
 from fedft.deploy.processes import DEFAULT_CONTROL_PORT, DEFAULT_FLEET_PORT, DEFAULT_RUNTIME_PORT
 
@@ -37,8 +38,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     certs.add_argument("--days", type=int, default=365, help="server certificate validity")
 
     server = sub.add_parser("server", help="start the aggregator (Flower SuperLink) and the run")
-    server.add_argument("--scenario", type=Path, help="scenario TOML (default: default.toml)")
-    server.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_scenario(server)
+    add_overrides(server)
     tls = server.add_mutually_exclusive_group()
     tls.add_argument(
         "--certs", type=Path, default=Path("certs"), help="folder from fedft certs (default: certs)"
@@ -82,6 +83,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     client.add_argument(
         "--max-wait", type=float, metavar="S", help="give up after S s without the server"
     )
+    for parser in (certs, server, client):
+        add_verbose(parser)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -130,7 +133,7 @@ def _server(args: argparse.Namespace) -> int:
     from fedft.deploy.aggregator import APP_DIR, ServerOptions, serve
 
     opts = ServerOptions(
-        scenario=args.scenario,
+        scenario=named_scenario(args),
         overrides=tuple(args.overrides),
         certs=args.certs,
         insecure=args.insecure,

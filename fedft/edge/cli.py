@@ -2,8 +2,8 @@
 
 Hooked into :mod:`fedft.cli` with :func:`add_parser` and :func:`run`::
 
-    fedft edge export --scenario simulations/default.toml --out bundles/default
-    fedft edge info bundles/default [--scenario simulations/default.toml]
+    fedft edge export [simulations/default.toml] --out bundles/default
+    fedft edge info bundles/default [simulations/default.toml]
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedft.cli_common import add_overrides, add_scenario, add_verbose, scenario_path
 from fedft.config import load_scenario
 
 
@@ -21,16 +22,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     export = sub.add_parser(
         "export", help="export base + LoRA to ONNX and build ONNX Runtime training artifacts"
     )
-    export.add_argument("--scenario", type=Path, help="scenario TOML file (default: defaults)")
-    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_scenario(export)
+    add_overrides(export)
     export.add_argument(
         "--out", type=Path, help="bundle folder (default: the cache folder of the configuration)"
     )
     export.add_argument("--force", action="store_true", help="replace an existing --out folder")
     info = sub.add_parser("info", help="print a bundle's manifest; check it against a scenario")
     info.add_argument("bundle", type=Path, help="bundle folder")
-    info.add_argument("--scenario", type=Path, help="scenario TOML file to check the bundle for")
-    info.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_scenario(info, default=False)  # given: check the bundle against it
+    add_overrides(info)
+    for parser in (export, info):
+        add_verbose(parser)
     return edge
 
 
@@ -46,12 +49,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.edge_command == "export":
         from fedft.config import check_local_files
-        from fedft.console import long_step, quiet_libraries
+        from fedft.console import long_step
         from fedft.edge.cache import default_bundle_dir
         from fedft.edge.export import build_bundle
 
-        quiet_libraries(False)
-        scenario = load_scenario(args.scenario, args.overrides)
+        scenario = load_scenario(scenario_path(args), args.overrides)
         check_local_files(scenario)
         out = args.out or default_bundle_dir(scenario)
         with long_step("building the edge bundle (ONNX export, training artifacts)"):
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"format {bundle.manifest['format']}, key {bundle.key}")
     print(f"model {config['model']}, lora {config['lora']}")
     print(_sizes(bundle.path, bundle.manifest["files"]))
-    if args.scenario is not None or args.overrides:
-        check_bundle(bundle, load_scenario(args.scenario, args.overrides))
+    scenario = scenario_path(args)
+    if scenario is not None or args.overrides:
+        check_bundle(bundle, load_scenario(scenario, args.overrides))
         print("matches the scenario")
     return 0

@@ -50,6 +50,7 @@ def test_quiet_hides_deprecations_and_flower_notices_but_not_other_warnings(clea
 
 def test_quiet_reaches_the_processes_it_starts(clean_state, monkeypatch):
     console.quiet_libraries(False)
+    console.mark_simulation_workers(False)
     import os
 
     assert os.environ[console.VERBOSE_ENV] == "0"
@@ -59,6 +60,7 @@ def test_quiet_reaches_the_processes_it_starts(clean_state, monkeypatch):
 
 def test_verbose_changes_nothing(clean_state):
     console.quiet_libraries(True)
+    console.mark_simulation_workers(True)
     import os
 
     assert os.environ[console.VERBOSE_ENV] == "1"
