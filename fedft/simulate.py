@@ -117,13 +117,24 @@ def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
                 verbose_logging=verbose,
             )
     except KeyboardInterrupt:
-        # Flower has stopped its workers and Ray by now; the server thread notices `stop` where
-        # it waits for replies, so nothing it writes is left half-done.
+        # Flower has stopped its workers and Ray by now (unless Ctrl-C came while Ray started);
+        # the server thread notices `stop` where it waits for replies, so nothing it writes is
+        # left half-done.
+        _shutdown_ray()
         server_done.wait(STOP_WAIT_S)
         raise Interrupted from None
     if not ((run_dir / "adapter").is_dir() or (run_dir / "zo_weights.safetensors").is_file()):
         raise RuntimeError(f"the simulation ended without writing its output into {run_dir}")
     return run_dir
+
+
+def _shutdown_ray() -> None:
+    """Stop this process's Ray cluster, if one is still up."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 @contextlib.contextmanager
