@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedft.algorithms.lora_fair import LoraFairConfig
@@ -26,7 +26,8 @@ from fedft.task import federated_data
 from fedft.train import evaluate, select_device
 from fedft.zo.trainable import initial_state, save_module_weights, set_trainable_
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from server.strategies.fedit import ClientLog, ClientUpdate, FedIT
+from server.replies import ClientUpdate
+from server.strategies.fedit import ClientLog, FedIT
 from server.strategies.lora_fair import LoraFair
 from server.strategies.zo import ZoStrategy
 
@@ -127,7 +128,9 @@ def run_federation(
     status = Status()  # a progress line on a terminal, erased before each round's line
     num_rounds = scenario.federation.num_rounds
 
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> None:
+    def evaluate_global(
+        server_round: int, arrays: ArrayRecord, strategy_metrics: MetricRecord | None = None
+    ) -> None:
         status.show(f"round {server_round}/{num_rounds}: evaluating the global model")
         started = time.perf_counter()
         set_trainable_(model, record_to_factors(arrays), modules)
@@ -139,7 +142,7 @@ def run_federation(
             "accuracy": result.accuracy,
         }
         status.clear()
-        recorder.round(server_round, {**metrics, **strategy.round_metrics})
+        recorder.round(server_round, {**metrics, **(strategy_metrics or {})})
 
     if resume:
         ckpt = load_checkpoint(run_dir)
@@ -167,10 +170,10 @@ def run_federation(
             )
         finally:
             status.clear()
-        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        new_arrays, strategy_metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
-        evaluate_global(server_round, arrays)
+        evaluate_global(server_round, arrays, strategy_metrics)
         save_checkpoint(
             run_dir,
             Checkpoint(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -15,56 +13,24 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from fedft.adapters import factors_digest
 from fedft.algorithms.fedavg import weighted_average
 from fedft.algorithms.robust import coordinate_median, krum_select, trimmed_mean
 from fedft.algorithms.validation import (
     bounded_weights,
     check_lora_products,
-    check_update_limits,
     norm_outliers,
-    state_norm,
     update_norm,
     validate_factors,
 )
 from fedft.config import RobustSection, ZoSection
 from fedft.errors import ReplyError
-from fedft.records import (
-    UPDATE_KEY,
-    ZO_REPLY_KEY,
-    factors_to_record,
-    record_nbytes,
-    record_to_factors,
-    without_scenario,
-)
-from fedft.wire.update import decode_update
-from fedft.wire.zo_reply import decode_zo_reply
-from fedft.zo.replay import rebuild_factors
-from fedft.zo.seeds import ZoRecord, seed_pool_id
+from fedft.records import factors_to_record, record_to_factors, without_scenario
+from server.replies import ClientUpdate, ReplyCodec
 
 log = logging.getLogger("fedft.server")
 
 
-@dataclass(frozen=True)
-class ClientUpdate:
-    """A validated reply: its node, factors, weight and reported metrics."""
-
-    node_id: int
-    factors: dict[str, torch.Tensor]
-    num_examples: float
-    metrics: dict[str, float]
-    bytes_up: int
-    records: tuple[ZoRecord, ...] = ()  # a zo client's steps (its factors are rebuilt from them)
-
-    @property
-    def order(self) -> tuple[float, int]:
-        """Aggregation order: the client's partition id (reported, so only if sane), then node."""
-        partition = self.metrics.get("partition", math.inf)
-        return (partition if math.isfinite(partition) else math.inf, self.node_id)
-
-
 ClientLog = Callable[[int, ClientUpdate, int], None]
-MAX_METRICS = 64  # a reply's metrics are recorded: a hostile one must not flood metrics.jsonl
 
 
 class FedIT(FedAvg):
@@ -74,8 +40,8 @@ class FedIT(FedAvg):
     factors) only; validation, logging of dropped replies and byte accounting stay here.
 
     What a round's replies go through, in order: one reply per node (a later one is dropped);
-    per reply, the decode and :meth:`check_factors` (layout, finiteness, update limits, finite
-    ``B A``); the norm-outlier test (>= 3 replies); weights capped by
+    per reply, :class:`server.replies.ReplyCodec` (decode any kind, layout, finiteness, update
+    limits, finite ``B A``); the norm-outlier test (>= 3 replies); weights capped by
     :func:`fedft.algorithms.validation.bounded_weights`; at least ``min_train_nodes`` replies;
     Krum's selection if configured; the aggregate, checked finite before it becomes the global
     state. Any failure past the replies leaves the global state as it was, logged with the round.
@@ -110,15 +76,14 @@ class FedIT(FedAvg):
         self.robust = robust or RobustSection()
         self.zo = zo or ZoSection()
         self.run_seed = run_seed
-        self.num_clients = num_clients
-        self.zo_clients: dict[int, int] = {}  # this round's zo replies: client index -> node
+        self.replies = ReplyCodec(
+            self.zo, run_seed, num_clients, self.robust, weighted_by_key=self.weighted_by_key
+        )
         self.current_round = 0
         self.global_factors: dict[str, torch.Tensor] = {}
-        self.global_norm = 0.0  # ||X|| of the round's global factors
         self.bytes_down: dict[int, int] = {}  # per node: tensors and config entries sent to it
         self.scenario_holders: set[int] = set()
         self.sent: list[Message] = []
-        self.round_metrics: dict[str, float] = {}  # strategy-specific metrics of the last round
 
     def state(self) -> dict:
         """JSON-able state beyond the global factors, for checkpoints (none for FedIT)."""
@@ -136,8 +101,7 @@ class FedIT(FedAvg):
         """
         self.current_round = server_round
         self.global_factors = record_to_factors(arrays)
-        self.global_norm = state_norm(self.global_factors)
-        self.zo_clients = {}
+        self.replies.start_round(server_round, self.global_factors)
         num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
         node_ids, _ = sample_nodes(
             grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes)
@@ -178,7 +142,6 @@ class FedIT(FedAvg):
         Never raises for what a reply holds: a bad reply is dropped with a log line naming the
         node, and a round whose aggregation fails keeps the global state, logged with the round.
         """
-        self.round_metrics = {}
         updates = self.screen(server_round, replies)
         needed = max(1, self.min_train_nodes)
         if len(updates) < needed:
@@ -189,13 +152,13 @@ class FedIT(FedAvg):
                 len(updates),
                 needed,
             )
-            return None, MetricRecord(self.round_metrics)
+            return None, MetricRecord()
         # A fixed order (the clients' partition ids) makes float sums, and so runs, reproducible.
         updates.sort(key=lambda u: u.order)
         started = time.perf_counter()
         try:
             kept = self.select(server_round, updates)
-            factors = self.aggregate_factors(server_round, kept)
+            factors, metrics = self.aggregate_factors(server_round, kept)
             validate_factors(factors, self.global_factors, 1.0)
             check_lora_products(factors)
             self.commit(server_round, kept)
@@ -206,12 +169,12 @@ class FedIT(FedAvg):
                 type(err).__name__,
                 err,
             )
-            return None, MetricRecord(self.round_metrics)
+            return None, MetricRecord()
         if self.on_client is not None:
             for update in updates:
                 self.on_client(server_round, update, self.bytes_down.get(update.node_id, 0))
-        self.round_metrics["aggregate_s"] = time.perf_counter() - started
-        return factors_to_record(factors), MetricRecord(self.round_metrics)
+        metrics["aggregate_s"] = time.perf_counter() - started
+        return factors_to_record(factors), MetricRecord(metrics)
 
     def screen(self, server_round: int, replies: Iterable[Message]) -> list[ClientUpdate]:
         """The round's valid replies: decoded, checked, outliers dropped, weights bounded."""
@@ -297,132 +260,30 @@ class FedIT(FedAvg):
             log.info("round %d: %s left out nodes %s", server_round, aggregator, left)
         return [updates[k] for k in kept]
 
-    def check_factors(
-        self, factors: Mapping[str, torch.Tensor], num_examples: float, metrics: dict[str, float]
-    ) -> None:
-        """Raise :class:`ReplyError` unless a reply's factors may enter the aggregate.
-
-        Records the server-measured ``update_norm`` (``||X_k - X||``) in ``metrics``.
-        """
-        validate_factors(factors, self.global_factors, num_examples)
-        metrics["update_norm"] = check_update_limits(
-            factors,
-            self.global_factors,
-            self.robust.max_update_norm,
-            self.robust.max_relative_update,
-            self.global_norm,
-        )
-        check_lora_products(factors)
-
     def parse_reply(self, msg: Message) -> ClientUpdate:
-        """Turn a reply into a :class:`ClientUpdate`, raising :class:`ReplyError` if it is bad."""
-        content = msg.content
-        metrics, num_examples = self.reply_metrics(content)
-        node = msg.metadata.src_node_id
-        common = {"node_id": node, "num_examples": num_examples, "metrics": metrics}
-        if ZO_REPLY_KEY in content.config_records:
-            payload, records = self.parse_zo_records(content, node)
-            factors = self.rebuild(records)
-            self.check_factors(factors, num_examples, common["metrics"])
-            common["metrics"]["zo_rebuild_exact"] = self.check_digest(
-                common["metrics"], "end_digest", factors, node
-            )
-            return ClientUpdate(factors=factors, bytes_up=len(payload), records=records, **common)
-        if UPDATE_KEY in content.config_records:
-            payload = content.config_records[UPDATE_KEY].get(UPDATE_KEY)
-            if not isinstance(payload, bytes):
-                raise ReplyError(f"reply: `{UPDATE_KEY}.{UPDATE_KEY}` must be bytes")
-            factors = decode_update(payload, template=self.global_factors)
-            self.check_factors(factors, num_examples, common["metrics"])
-            return ClientUpdate(factors=factors, bytes_up=len(payload), **common)
-        if len(content.array_records) != 1:
-            raise ReplyError("reply must hold exactly one ArrayRecord (or a zo record)")
-        record = next(iter(content.array_records.values()))
-        factors = record_to_factors(record, template=self.global_factors)
-        self.check_factors(factors, num_examples, common["metrics"])
-        return ClientUpdate(factors=factors, bytes_up=record_nbytes(record), **common)
-
-    def reply_metrics(self, content: RecordDict) -> tuple[dict[str, float], float]:
-        """The reply's numeric metrics (at most ``MAX_METRICS``) and its claimed example count.
-
-        The count must be a finite number > 0; it is capped later, per round.
-        """
-        if len(content.metric_records) != 1:
-            raise ReplyError("reply must hold exactly one MetricRecord")
-        record = next(iter(content.metric_records.values()))
-        if len(record) > MAX_METRICS:
-            raise ReplyError(f"reply holds {len(record)} metrics, at most {MAX_METRICS}")
-        value = record.get(self.weighted_by_key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ReplyError(f"`{self.weighted_by_key}` must be a number, got {value!r}")
-        if not 0 < value < math.inf:
-            raise ReplyError(f"num-examples must be a finite number > 0, got {value}")
-        metrics = {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
-        return metrics, float(value)
-
-    def parse_zo_records(
-        self, content: RecordDict, node: int
-    ) -> tuple[bytes, tuple[ZoRecord, ...]]:
-        """Decode and check a zo reply: version, this round's pool, steps, indices, sender."""
-        payload = content.config_records[ZO_REPLY_KEY].get("records")
-        if not isinstance(payload, bytes):
-            raise ReplyError(f"zo reply: `{ZO_REPLY_KEY}.records` must be bytes")
-        reply = decode_zo_reply(
-            payload,
-            pool_size=self.zo.pool_size,
-            max_steps=self.zo.local_steps,
-            pool_id=seed_pool_id(self.run_seed, self.current_round, self.zo.pool_size),
-            round=self.current_round,
-            num_clients=self.num_clients,
-            grad_encoding=self.zo.grad_encoding,
-            seed_choice="derived",
-            grad_scale=self.zo.grad_scale,
-            grad_clip=self.zo.grad_clip,
-        )
-        other = self.zo_clients.setdefault(reply.client, node)
-        if other != node:  # valid, but the two replies stepped along the same seeds
-            log.warning(
-                "round %d: nodes %d and %d both replied as zo client %d (check --partition-id)",
-                self.current_round,
-                other,
-                node,
-                reply.client,
-            )
-        return payload, reply.records
-
-    def check_digest(
-        self, metrics: dict[str, float], key: str, factors: Mapping[str, torch.Tensor], node: int
-    ) -> float:
-        """1.0 if the client's reported digest equals the server's tensors', else 0.0 (logged)."""
-        if key not in metrics:
-            return float("nan")
-        exact = math.isfinite(metrics[key]) and int(metrics[key]) == factors_digest(factors)
-        if not exact:
-            log.warning(
-                "round %d: node %d's %s differs from the server's", self.current_round, node, key
-            )
-        return float(exact)
-
-    def rebuild(self, records: tuple[ZoRecord, ...]) -> dict[str, torch.Tensor]:
-        """A zo client's factors, from the round's global factors and its records."""
-        return rebuild_factors(
-            self.global_factors, records, self.zo, self.run_seed, self.current_round
-        )
+        """Decode and check a reply of any kind (:meth:`server.replies.ReplyCodec.decode`)."""
+        return self.replies.decode(msg)
 
     def aggregate_factors(
         self, server_round: int, updates: list[ClientUpdate]
-    ) -> Mapping[str, torch.Tensor]:
+    ) -> tuple[Mapping[str, torch.Tensor], dict[str, float]]:
         """FedIT: ``A_bar = sum_k p_k A_k`` and ``B_bar = sum_k p_k B_k``, p_k by examples.
 
         With ``robust.aggregator`` ``median`` or ``trimmed_mean``, the coordinate-wise median or
         trimmed mean of the factors instead (:mod:`fedft.algorithms.robust`).
+
+        Returns
+        -------
+        tuple[Mapping[str, torch.Tensor], dict[str, float]]
+            The new global factors and the round's strategy metrics (none for FedIT), which
+            :meth:`aggregate_train` returns in its ``MetricRecord``.
         """
         states = [u.factors for u in updates]
         if self.robust.aggregator == "median":
-            return coordinate_median(states)
+            return coordinate_median(states), {}
         if self.robust.aggregator == "trimmed_mean":
-            return trimmed_mean(states, self.robust.trim_fraction)
-        return weighted_average(states, [u.num_examples for u in updates])
+            return trimmed_mean(states, self.robust.trim_fraction), {}
+        return weighted_average(states, [u.num_examples for u in updates]), {}
 
     def commit(self, server_round: int, updates: list[ClientUpdate]) -> None:
         """Keep what the accepted aggregate changes beyond the factors (nothing for FedIT)."""

@@ -9,7 +9,8 @@ import torch
 
 from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.algorithms.lora_fair_state import lora_fair_aggregate
-from server.strategies.fedit import ClientUpdate, FedIT
+from server.replies import ClientUpdate
+from server.strategies.fedit import FedIT
 
 log = logging.getLogger("fedft.server")
 
@@ -28,16 +29,15 @@ class LoraFair(FedIT):
 
     def aggregate_factors(
         self, server_round: int, updates: list[ClientUpdate]
-    ) -> Mapping[str, torch.Tensor]:
+    ) -> tuple[Mapping[str, torch.Tensor], dict[str, float]]:
         """Average A and B, then correct B so that ``B' A_bar`` points along ``sum p_k B_k A_k``."""
         factors, report = lora_fair_aggregate(
             [u.factors for u in updates], [u.num_examples for u in updates], self.solver
         )
-        self.round_metrics.update(report.to_metrics())
         if report.diverged_modules:
             log.warning(
                 "round %d: LoRA-FAIR diverged on %d modules; they keep the plain averages",
                 server_round,
                 report.diverged_modules,
             )
-        return factors
+        return factors, report.to_metrics()

@@ -19,15 +19,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedft.errors import ReplyError
-from fedft.records import (
-    ZO_CHECKPOINT_ROUND_KEY,
-    ZO_HISTORY_KEY,
-    ZO_REPLY_KEY,
-)
+from fedft.records import ZO_CHECKPOINT_ROUND_KEY, ZO_HISTORY_KEY
 from fedft.wire.order import in_zo_order
 from fedft.wire.zo_history import decode_history, encode_history
 from fedft.zo.replay import RoundAggregate, aggregate_records, prefer_replay, replay_history_
-from server.strategies.fedit import ClientUpdate, FedIT
+from server.replies import ClientUpdate
+from server.strategies.fedit import FedIT
 
 log = logging.getLogger("fedft.server")
 
@@ -84,27 +81,11 @@ class ZoStrategy(FedIT):
 
     def parse_reply(self, msg: Message) -> ClientUpdate:
         """Decode a zo reply (no tensors: the records are aggregated, not rebuilt one by one)."""
-        content = msg.content
-        node = msg.metadata.src_node_id
-        if ZO_REPLY_KEY not in content.config_records:
-            raise ReplyError("a zo run takes zo replies only (a `zo` ConfigRecord and metrics)")
-        values, num_examples = self.reply_metrics(content)
-        payload, records = self.parse_zo_records(content, node)
-        values["zo_synced_exact"] = self.check_digest(
-            values, "start_digest", self.global_factors, node
-        )
-        return ClientUpdate(
-            node_id=node,
-            factors={},
-            num_examples=num_examples,
-            metrics=values,
-            bytes_up=len(payload),
-            records=records,
-        )
+        return self.replies.decode_zo(msg)
 
     def aggregate_factors(
         self, server_round: int, updates: list[ClientUpdate]
-    ) -> Mapping[str, torch.Tensor]:
+    ) -> tuple[Mapping[str, torch.Tensor], dict[str, float]]:
         """``a_s = sum_k p_k sum_t g_kt [s_kt = s]``, replayed onto the global factors.
 
         Checked finite before it is replayed, and the replayed factors again before
@@ -120,8 +101,7 @@ class ZoStrategy(FedIT):
         factors = {name: t.clone() for name, t in self.global_factors.items()}
         replay_history_(in_zo_order(factors), [entry], self.run_seed, self.zo.lr)
         self.pending = entry
-        self.round_metrics["zo.seeds"] = float(len(aggregate))
-        return factors
+        return factors, {"zo.seeds": float(len(aggregate))}
 
     def commit(self, server_round: int, updates: list[ClientUpdate]) -> None:
         """Append the round's aggregate to the history; the nodes synced to the round's start."""
