@@ -19,8 +19,8 @@ Numbers: simulations/default.toml (tiny model, seed 0) with 3 clients, 2 rounds 
            first-order reply a ``fedft.v1.LoraUpdate`` with int8 rows.
 
 Output: one JSON object, per run the sha256 of the run's ``adapter/adapter_model.safetensors`` (or
-``zo_weights.safetensors``) and the ``eval_loss`` of every round in ``metrics.jsonl`` (as
-``repr`` of the float, so no digit is lost).
+``zo_weights.safetensors``), the ``eval_loss`` of every round in ``metrics.jsonl`` and each
+client's ``train_loss`` by ``round/partition`` (as ``repr`` of the float, so no digit is lost).
 """
 
 from __future__ import annotations
@@ -62,10 +62,16 @@ def fingerprint(run_dir: Path) -> dict:
         weights = run_dir / "zo_weights.safetensors"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = {str(r["round"]): repr(r["eval_loss"]) for r in rows if r["kind"] == "round"}
+    clients = {  # where two runs differ, these say which client did first
+        f"{r['round']}/{int(r['partition'])}": repr(r["train_loss"])
+        for r in rows
+        if r["kind"] == "client"
+    }
     return {
         "weights": weights.relative_to(run_dir).as_posix(),
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "eval_loss": losses,
+        "client_train_loss": dict(sorted(clients.items())),
     }
 
 
