@@ -25,6 +25,7 @@ from fedft.edge.bundle import FORWARD_MODEL, TOKENIZER, EdgeBundle, open_bundle
 from fedft.edge.cache import ensure_bundle
 from fedft.edge.ort_train import train_steps
 from fedft.edge.ort_zo import ForwardModel, evaluate_forward
+from fedft.schedule import round_lr
 from fedft.task import batch_seed, encode_partition
 from fedft.train import EvalResult
 
@@ -84,9 +85,10 @@ def train_round(
     cfg, threads = scenario.train, scenario.simulation.threads_per_client
     seed = batch_seed(scenario, server_round, partition_id)  # as torch's
     batches = train_set.batches(cfg.batch_size, seed=seed, steps=cfg.local_steps)
+    lr = round_lr(cfg, server_round, scenario.federation.num_rounds)  # as torch's
     started = time.perf_counter()
     result = train_steps(
-        bundle, _numpy_factors(global_factors), _numpy_batches(batches), cfg.lr, threads
+        bundle, _numpy_factors(global_factors), _numpy_batches(batches), lr, threads
     )
     train_s = time.perf_counter() - started
     steps = len(result.losses)
@@ -98,6 +100,8 @@ def train_round(
         "train_s": train_s,
         "base_bytes": float(bundle.manifest["base_bytes"]),
     }
+    if cfg.lr_schedule != "constant":
+        metrics["lr"] = lr
     if len(eval_set):
         model = forward_model(bundle.file(FORWARD_MODEL), threads)
         local = evaluate_forward(model, result.factors, eval_set, cfg.batch_size * 4)

@@ -15,6 +15,7 @@ from fedft.config import Scenario
 from fedft.data import EncodedDataset
 from fedft.models import load_peft_model
 from fedft.quantize import base_weight_bytes
+from fedft.schedule import round_lr
 from fedft.task import batch_seed, encode_partition
 from fedft.train import EvalResult, evaluate, select_device, train_local
 
@@ -52,8 +53,9 @@ def train_round(
     device = select_device(scenario.client_for(partition_id).device)
     set_factors_(model, global_factors)
     seed = batch_seed(scenario, server_round, partition_id)
+    lr = round_lr(scenario.train, server_round, scenario.federation.num_rounds)
     started = time.perf_counter()
-    result = train_local(model, train_set, scenario.train, seed, device)
+    result = train_local(model, train_set, scenario.train, seed, device, lr=lr)
     train_s = time.perf_counter() - started
     metrics = {
         "train_loss": result.loss,
@@ -63,6 +65,8 @@ def train_round(
         "train_s": train_s,
         "base_bytes": float(base_weight_bytes(model)),  # what the quantization saves
     }
+    if scenario.train.lr_schedule != "constant":
+        metrics["lr"] = lr
     if len(eval_set):
         local = evaluate(model, eval_set, scenario.train.batch_size * 4, device)
         metrics["local_eval_loss"] = local.loss

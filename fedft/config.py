@@ -31,6 +31,11 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs"
     resume_dir: str = ""  # a run folder to continue from its last checkpoint
+    # Save the global adapter every N rounds into adapters/round-N/ (0: only the final adapter/).
+    save_every: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.save_every >= 0, "run.save_every", "must be >= 0 (0: only the final adapter)")
 
 
 @dataclass(frozen=True)
@@ -272,11 +277,21 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    # Across rounds: "constant" (train.lr every round) or "cosine" (FlowerTune's annealing from
+    # train.lr down to train.lr_min, reached in the last round; see fedft.schedule). zo.lr is
+    # never scheduled.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_min: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.local_steps > 0, "train.local_steps", "must be > 0")
         check(self.batch_size > 0, "train.batch_size", "must be > 0")
         check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        check(
+            0 <= self.lr_min <= self.lr,
+            "train.lr_min",
+            f"must be in [0, train.lr = {self.lr}], got {self.lr_min}",
+        )
         check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 disables clipping)")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedft.config import Scenario
+from fedft.schedule import round_lr
 
 
 def _base_line(scenario: Scenario, base_ref: str) -> str:
@@ -56,14 +57,20 @@ def _strategy_line(scenario: Scenario) -> str:
     return "- **Strategy**: " + ", ".join(parts)
 
 
-def _train_lines(scenario: Scenario) -> list[str]:
+def _train_lines(scenario: Scenario, server_round: int) -> list[str]:
     lora, train = scenario.lora, scenario.train
-    schedule = getattr(train, "lr_schedule", "constant")
+    if train.lr_schedule == "cosine":
+        this = round_lr(train, server_round, scenario.federation.num_rounds)
+        lr = (
+            f"lr {train.lr} annealed (cosine, FlowerTune) to {train.lr_min} in round "
+            f"{scenario.federation.num_rounds}; {this:.3g} in round {server_round}"
+        )
+    else:
+        lr = f"lr {train.lr} (constant)"
     return [
         f"- **LoRA**: rank {lora.rank}, alpha {lora.alpha}, dropout {lora.dropout}, "
         f"on {', '.join(lora.target_modules)}",
-        f"- **Local training**: {train.local_steps} steps a round, batch {train.batch_size}, "
-        f"lr {train.lr} ({schedule})",
+        f"- **Local training**: {train.local_steps} steps a round, batch {train.batch_size}, {lr}",
     ]
 
 
@@ -174,7 +181,7 @@ def model_card(
         *_data_lines(scenario),
         _strategy_line(scenario),
         f"- **Rounds**: {server_round} of {fed.num_rounds} (run.seed {scenario.run.seed})",
-        *_train_lines(scenario),
+        *_train_lines(scenario, server_round),
         "",
         f"## Global eval metrics (round {server_round})",
         "",

@@ -1,6 +1,7 @@
 """What a run leaves for its users: the base it names, and adapter folders that load anywhere.
 
-An adapter folder (``adapter/``, and ``adapters/round-N/`` every ``run.save_every`` rounds) holds
+An adapter folder (``adapter/``, and ``adapters/round-N/`` every ``run.save_every`` rounds: N = 2
+gives ``round-2``, ``round-4``, ...) holds
 peft's ``adapter_config.json`` and ``adapter_model.safetensors``, the tokenizer as training used it
 (:func:`fedft.data.as_trained.tokenizer_as_trained`) and a model card (``README.md``).
 
@@ -16,12 +17,14 @@ peft's ``adapter_config.json`` and ``adapter_model.safetensors``, the tokenizer 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from fedft.adapters import save_adapter
 from fedft.config import Scenario
@@ -29,9 +32,22 @@ from fedft.data.as_trained import encodes_as_trained, tokenizer_as_trained
 from fedft.model_card import model_card
 from fedft.models import base_model_folder, load_base
 from fedft.report import read_metrics
+from fedft.zo.trainable import save_module_weights
 
 BASE_FOLDER = "base_model"
 """Where the built-in tiny base is saved, relative to the run folder."""
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Keep transformers' "Writing model shards" bars out of the run's progress lines."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def round_folder(run_dir: Path, server_round: int) -> Path:
@@ -58,7 +74,8 @@ def base_reference(scenario: Scenario, run_dir: Path) -> str:
     folder = base_model_folder(scenario.model)
     if folder is None:
         base, tokenizer = load_base(scenario.model, scenario.run.seed)
-        base.save_pretrained(run_dir / BASE_FOLDER)
+        with _no_progress_bars():
+            base.save_pretrained(run_dir / BASE_FOLDER)
         tokenizer_as_trained(tokenizer, scenario.data.chat).save_pretrained(run_dir / BASE_FOLDER)
         return BASE_FOLDER
     resolved = folder.resolve()
@@ -111,7 +128,8 @@ def write_adapter_folder(
     Path
         ``folder``.
     """
-    save_adapter(model, factors, folder, base_ref)
+    with _no_progress_bars():
+        save_adapter(model, factors, folder, base_ref)
     saved = tokenizer_as_trained(tokenizer, scenario.data.chat)
     saved.save_pretrained(folder)
     card = model_card(
@@ -124,3 +142,35 @@ def write_adapter_folder(
     )
     (folder / "README.md").write_text(card, encoding="utf-8")
     return folder
+
+
+def write_outputs(
+    model: PeftModel,
+    factors: Mapping[str, torch.Tensor],
+    tokenizer: PreTrainedTokenizerBase,
+    scenario: Scenario,
+    run_dir: Path,
+    server_round: int,
+    base_ref: str,
+    final: bool,
+) -> Path:
+    """Write the run's output of ``server_round``: the final one, or a ``run.save_every`` one.
+
+    A LoRA run writes an adapter folder (``adapter/``, or :func:`round_folder`); a run that trains
+    module weights (``zo.trainable_modules``) writes ``zo_weights.safetensors`` into the run folder
+    or the round folder.
+
+    Returns
+    -------
+    Path
+        The adapter folder, or the weights file.
+    """
+    modules = scenario.zo.trainable_modules if scenario.federation.strategy == "zo" else ()
+    folder = run_dir if final else round_folder(run_dir, server_round)
+    if modules:
+        folder.mkdir(parents=True, exist_ok=True)
+        return save_module_weights(factors, folder / "zo_weights.safetensors")
+    adapter = run_dir / "adapter" if final else folder
+    return write_adapter_folder(
+        model, factors, tokenizer, scenario, run_dir, adapter, base_ref, server_round
+    )

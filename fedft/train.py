@@ -43,15 +43,22 @@ def select_device(preference: str) -> torch.device:
 
 
 def train_local(
-    model: PeftModel, dataset: EncodedDataset, cfg: TrainConfig, seed: int, device: torch.device
+    model: PeftModel,
+    dataset: EncodedDataset,
+    cfg: TrainConfig,
+    seed: int,
+    device: torch.device,
+    lr: float | None = None,
 ) -> TrainResult:
     """Run ``cfg.local_steps`` AdamW steps on the trainable (LoRA) parameters.
 
-    The optimizer is created afresh each round (FedIT): only the factors carry over.
+    The optimizer is created afresh each round (FedIT): only the factors carry over. ``lr`` is the
+    round's learning rate (:func:`fedft.schedule.round_lr`); ``cfg.lr`` when not given.
     """
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rate = cfg.lr if lr is None else lr
+    optimizer = torch.optim.AdamW(params, lr=rate, weight_decay=cfg.weight_decay)
     total, steps = 0.0, 0
     for batch in dataset.batches(cfg.batch_size, seed=seed, steps=cfg.local_steps):
         batch = {k: v.to(device) for k, v in batch.items()}

@@ -21,10 +21,10 @@ from fedft.models import load_peft_model
 from fedft.records import factors_to_record, record_to_factors, scenario_to_config
 from fedft.report import RunRecorder
 from fedft.run_folder import check_same_scenario, stored_config
-from fedft.run_outputs import base_reference, write_adapter_folder
+from fedft.run_outputs import base_reference, write_outputs
 from fedft.task import federated_data
 from fedft.train import evaluate, select_device
-from fedft.zo.trainable import initial_state, save_module_weights, set_trainable_
+from fedft.zo.trainable import initial_state, set_trainable_
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.replies import ClientUpdate
 from server.strategies.fedit import ClientLog, FedIT
@@ -154,6 +154,8 @@ def run_federation(
         arrays, first = factors_to_record(initial_state(model, modules)), 1
         evaluate_global(0, arrays)
     train_config = scenario_to_config(scenario)
+    base_ref = "" if modules else base_reference(scenario, run_dir)
+    save_every = scenario.run.save_every
     for server_round in range(first, scenario.federation.num_rounds + 1):
         # Sampling is seeded per round, so a resumed run samples as the uninterrupted one.
         random.seed(scenario.run.seed * 1_000_003 + server_round)
@@ -174,6 +176,11 @@ def run_federation(
         if new_arrays is not None:
             arrays = new_arrays
         evaluate_global(server_round, arrays, strategy_metrics)
+        if save_every and server_round % save_every == 0:  # before the checkpoint: a kill reruns it
+            factors = record_to_factors(arrays)
+            write_outputs(
+                model, factors, tokenizer, scenario, run_dir, server_round, base_ref, False
+            )
         save_checkpoint(
             run_dir,
             Checkpoint(
@@ -188,14 +195,8 @@ def run_federation(
             "no client reply was accepted in any round (see the log lines above): nothing trained"
         )
     final = record_to_factors(arrays)
-    if modules:
-        save_module_weights(final, run_dir / "zo_weights.safetensors")
-    else:
-        base_ref = base_reference(scenario, run_dir)
-        last = scenario.federation.num_rounds
-        write_adapter_folder(
-            model, final, tokenizer, scenario, run_dir, run_dir / "adapter", base_ref, last
-        )
+    last = scenario.federation.num_rounds
+    write_outputs(model, final, tokenizer, scenario, run_dir, last, base_ref, True)
     recorder.finish()
     log.info("run folder: %s", run_dir)
     return run_dir

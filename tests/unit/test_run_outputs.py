@@ -145,3 +145,25 @@ def test_gguf_smollm2_tokenizer_is_saved_as_trained(tmp_path):
         assert saved(prompt)["input_ids"] == encode_prompt(prompt, tok, "{prompt}")
     chat = tokenizer_as_trained(tok, chat=True)
     assert chat("hi")["input_ids"] == tok("hi")["input_ids"]
+
+
+def test_save_every_folders_for_adapters_and_module_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from fedft.run_outputs import write_outputs
+
+    sc = scenario()
+    base, tokenizer = load_base(sc.model, 0)
+    model = wrap_lora(base, sc.lora)
+    factors = get_factors(model)
+    ref = base_reference(sc, tmp_path)
+    folder = write_outputs(model, factors, tokenizer, sc, tmp_path, 2, ref, final=False)
+    assert folder == tmp_path / "adapters" / "round-2"
+    assert (folder / "adapter_model.safetensors").is_file() and (folder / "README.md").is_file()
+    zo = scenario(federation={"strategy": "zo"}, zo={"trainable_modules": ["lm_head"]})
+    weights = {"base_model.model.lm_head.weight": torch.ones(3, 2)}
+    path = write_outputs(model, weights, tokenizer, zo, tmp_path, 4, "", final=False)
+    assert path == tmp_path / "adapters" / "round-4" / "zo_weights.safetensors"
+    assert torch.equal(load_file(path)["lm_head.weight"], torch.ones(3, 2))
+    final = write_outputs(model, weights, tokenizer, zo, tmp_path, 4, "", final=True)
+    assert final == tmp_path / "zo_weights.safetensors"
