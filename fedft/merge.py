@@ -118,9 +118,6 @@ def merge_adapter(path: Path, out: Path, base: Path | None = None) -> Path:
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the command prints one line: the result or the error
 
     try:
         base_model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
