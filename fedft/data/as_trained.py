@@ -8,7 +8,8 @@ so that every tokenizer sees the same row whatever it adds by itself. A user of 
 calls ``tokenizer(text)``, which adds what the tokenizer's post-processor says: Llama tokenizers
 add ``bos``, GPT-2-style ones (SmolLM2, GGUF-converted or not) and fedft's built-in character
 tokenizer add nothing. Without ``bos`` the adapter generates far worse than it trained (greedy
-exact match 14/100 instead of 57/100 on the built-in task, measured). :func:`tokenizer_as_trained`
+exact match on 100 held-out built-in questions after the default 3-round run: 9/100 without,
+32/100 with ``bos``, where the run reported accuracy 0.34). :func:`tokenizer_as_trained`
 returns a copy whose post-processor adds exactly ``bos`` (and no ``eos``), so the saved
 ``tokenizer.json`` reproduces training's ids through ``AutoTokenizer.from_pretrained``.
 
