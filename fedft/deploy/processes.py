@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,6 +146,8 @@ def start(
     own children in their own sessions included: nothing outlives fedft, no port stays held.
     """
     argv = list(cmd)
+    if shutil.which(argv[0]) is None:
+        raise ProcessError(f"cannot start {argv[0]}: no such executable")
     if sys.platform == "linux":
         argv = [sys.executable, "-I", str(WATCHDOG), str(os.getpid()), "--", *argv]
     try:

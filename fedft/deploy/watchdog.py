@@ -76,35 +76,39 @@ def _kill_below(deadline: float) -> None:
     _reap()
 
 
+_armed = [True]  # the first stop signal interrupts the wait; any later one is ignored
+
+
 def _on_signal(signum: int, frame: object) -> None:
-    raise _Stop
-
-
-def _handle_signals(handler: object) -> None:
-    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
-        signal.signal(getattr(signal, name), handler)  # type: ignore[arg-type]
+    if _armed[0]:
+        _armed[0] = False
+        raise _Stop
 
 
 def run(parent: int, cmd: list[str]) -> int:
     """Run ``cmd`` under the watchdog (see the module docstring); return its exit code."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    _handle_signals(_on_signal)
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        signal.signal(getattr(signal, name), _on_signal)
     child, code = None, -signal.SIGTERM
     try:
         if os.getppid() != parent:  # fedft died before its death signal was armed
             raise _Stop
         child = subprocess.Popen(cmd)
         code = child.wait()
+        _armed[0] = False
+    except OSError as err:
+        print(f"fedft: error: cannot start {cmd[0]}: {err.strerror}", file=sys.stderr)
+        return 127
     except _Stop:
-        _handle_signals(signal.SIG_IGN)
         if child is not None:
             child.terminate()
             try:
                 code = child.wait(timeout=GRACE_S)
             except subprocess.TimeoutExpired:
                 code = -signal.SIGKILL
-    _handle_signals(signal.SIG_IGN)
+    _armed[0] = False
     _kill_below(time.monotonic() + GRACE_S)
     return 128 - code if code < 0 else code
 

@@ -215,3 +215,10 @@ def test_server_resumes_a_run_folder_that_fedft_simulate_started(tmp_path, monke
     for scenario in (opts.scenario, None):
         resumed = serverapp_scenario(server_options(scenario=scenario, resume=run_dir))
         check_same_scenario(resumed, Path(resumed.run.resume_dir))
+
+
+def test_a_missing_flower_executable_is_one_error_naming_it():
+    from fedft.deploy.processes import ProcessError, start
+
+    with pytest.raises(ProcessError, match="cannot start /nonexistent/flower-superlink"):
+        start(["/nonexistent/flower-superlink"], {})
