@@ -146,7 +146,7 @@ def start(
     own children in their own sessions included: nothing outlives fedft, no port stays held.
     """
     argv = list(cmd)
-    if shutil.which(argv[0]) is None:
+    if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
         raise ProcessError(f"cannot start {argv[0]}: no such executable")
     if sys.platform == "linux":
         argv = [sys.executable, "-I", str(WATCHDOG), str(os.getpid()), "--", *argv]
