@@ -12,7 +12,6 @@ from pathlib import Path
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.config import Scenario
 from fedft.console import Status
 from fedft.data import encode_examples
@@ -27,9 +26,8 @@ from fedft.train import evaluate, select_device
 from fedft.zo.trainable import initial_state, set_trainable_
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.replies import ClientUpdate
+from server.strategies import strategy_class
 from server.strategies.fedit import ClientLog, FedIT
-from server.strategies.lora_fair import LoraFair
-from server.strategies.zo import ZoStrategy
 
 log = logging.getLogger("fedft")
 
@@ -49,12 +47,7 @@ def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
         # Rounds go ahead once the minimum is met: a client that drops out does not stall the run.
         "min_available_nodes": fed.min_train_clients,
     }
-    if fed.strategy == "lora_fair":
-        solver = LoraFairConfig(**scenario.lora_fair.__dict__)
-        return LoraFair(solver=solver, **common)
-    if fed.strategy == "zo":
-        return ZoStrategy(**common)
-    return FedIT(**common)
+    return strategy_class(fed.strategy).from_scenario(scenario, **common)
 
 
 def send_and_receive(

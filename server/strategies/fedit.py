@@ -22,10 +22,11 @@ from fedft.algorithms.validation import (
     update_norm,
     validate_factors,
 )
-from fedft.config import RobustSection, ZoSection
+from fedft.config import RobustSection, Scenario, ZoSection
 from fedft.errors import ReplyError
 from fedft.records import factors_to_record, record_to_factors, without_scenario
 from server.replies import ClientUpdate, ReplyCodec
+from server.strategies import register_strategy
 
 log = logging.getLogger("fedft.server")
 
@@ -33,6 +34,7 @@ log = logging.getLogger("fedft.server")
 ClientLog = Callable[[int, ClientUpdate, int], None]
 
 
+@register_strategy("fedit")
 class FedIT(FedAvg):
     """Weighted FedAvg of each LoRA factor (FedIT), validating every reply first.
 
@@ -84,6 +86,11 @@ class FedIT(FedAvg):
         self.bytes_down: dict[int, int] = {}  # per node: tensors and config entries sent to it
         self.scenario_holders: set[int] = set()
         self.sent: list[Message] = []
+
+    @classmethod
+    def from_scenario(cls, scenario: Scenario, **kwargs: object) -> FedIT:
+        """The strategy ``scenario`` configures; ``kwargs`` are the arguments every one takes."""
+        return cls(**kwargs)  # type: ignore[arg-type]
 
     def state(self) -> dict:
         """JSON-able state beyond the global factors, for checkpoints (none for FedIT)."""

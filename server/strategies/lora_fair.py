@@ -9,12 +9,15 @@ import torch
 
 from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.algorithms.lora_fair_state import lora_fair_aggregate
+from fedft.config import Scenario
 from server.replies import ClientUpdate
+from server.strategies import register_strategy
 from server.strategies.fedit import FedIT
 
 log = logging.getLogger("fedft.server")
 
 
+@register_strategy("lora_fair")
 class LoraFair(FedIT):
     """Clients start each round from ``(A_bar, B_bar + dB*)`` (Bian et al., arXiv 2411.14961).
 
@@ -26,6 +29,11 @@ class LoraFair(FedIT):
     def __init__(self, solver: LoraFairConfig, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.solver = solver
+
+    @classmethod
+    def from_scenario(cls, scenario: Scenario, **kwargs: object) -> LoraFair:
+        """LoRA-FAIR with the scenario's ``[lora_fair]`` solver settings."""
+        return cls(solver=LoraFairConfig(**scenario.lora_fair.__dict__), **kwargs)
 
     def aggregate_factors(
         self, server_round: int, updates: list[ClientUpdate]

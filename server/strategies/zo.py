@@ -24,11 +24,13 @@ from fedft.wire.order import in_zo_order
 from fedft.wire.zo_history import decode_history, encode_history
 from fedft.zo.replay import RoundAggregate, aggregate_records, prefer_replay, replay_history_
 from server.replies import ClientUpdate
+from server.strategies import register_strategy
 from server.strategies.fedit import FedIT
 
 log = logging.getLogger("fedft.server")
 
 
+@register_strategy("zo")
 class ZoStrategy(FedIT):
     """Aggregate zo clients' scalars per seed and replay them onto the global LoRA factors.
 
