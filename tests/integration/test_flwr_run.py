@@ -7,6 +7,7 @@ Each run here is one short round; the whole Flower home is a temporary folder, u
 download, the SuperLink listens on free ports, and it is stopped (by its process id) at the end.
 """
 
+import contextlib
 import os
 import re
 import shlex
@@ -106,10 +107,13 @@ def test_plain_flwr_run_then_the_readme_command_install_nothing(tmp_path):
             and str(home) in " ".join(p.info["cmdline"] or [])
         ]
         family = [q for p in superlinks for q in [p, *p.children(recursive=True)]]
-        for p in superlinks:
-            p.terminate()
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
         _, alive = psutil.wait_procs(family, timeout=30)
         for p in alive:
-            p.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        _, alive = psutil.wait_procs(alive, timeout=30)
     assert superlinks, "flwr run started no local SuperLink"
-    assert not alive, [p.info for p in alive]
+    assert not alive, [p.pid for p in alive]
