@@ -63,9 +63,15 @@ def test_plain_flwr_run_then_the_readme_command_install_nothing(tmp_path):
         "UV_OFFLINE": "1",
         "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
     }
-    set_arg = shlex.quote(f'set="{TINY} run.output_dir={runs}"')
-    readme = re.sub(r"""-c 'set="[^"]*"'""", lambda _: f"-c {set_arg}", readme_flwr_run_line())
-    plain = f"flwr run . --federation-config num-supernodes=5 -c {set_arg}"
+
+    # Two names: the runs start within a second, and a run folder is <name>-<time in seconds>.
+    def set_arg(name):
+        return shlex.quote(f'set="{TINY} run.output_dir={runs} run.name={name}"')
+
+    readme = re.sub(
+        r"""-c 'set="[^"]*"'""", lambda _: f"-c {set_arg('readme')}", readme_flwr_run_line()
+    )
+    plain = f"flwr run . --federation-config num-supernodes=5 -c {set_arg('plain')}"
     biggest, readme_run = 0, None
     try:
         # As typed plainly: returns at once, leaves a SuperLink (started without the variable).
