@@ -10,6 +10,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.config import RobustSection, ZoSection
 from fedft.records import UPDATE_KEY, ZO_REPLY_KEY, factors_to_record, record_to_factors
+from fedft.v1 import zo_pb2
 from fedft.wire.update import encode_update
 from fedft.wire.zo_reply import encode_zo_reply
 from fedft.zo.seeds import ZoRecord, derived_seed_indices, seed_pool_id
@@ -77,6 +78,15 @@ def zo_payload(client, steps=ZO.local_steps, zo=ZO, grads=None, **overrides):
     args = {"pool_id": pid, "round": ROUND, "client": client, "pool_size": zo.pool_size}
     args |= {"grad_encoding": zo.grad_encoding, "grad_scale": zo.grad_scale}
     return encode_zo_reply(records, **(args | overrides))
+
+
+def zo_edit(payload, **fields):
+    """A serialized ZoReply with some header fields replaced (a hostile client's edit)."""
+    message = zo_pb2.ZoReply()
+    message.ParseFromString(payload)
+    for name, value in fields.items():
+        setattr(message, name, value)
+    return message.SerializeToString()
 
 
 def zo_reply(node, payload, examples=10.0, **metrics):

@@ -12,11 +12,12 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from replies import zo_edit
 
 from fedft.algorithms.validation import norm_outliers, update_norm
 from fedft.config import ZoSection
 from fedft.records import UPDATE_KEY, ZO_REPLY_KEY, factors_to_record, record_to_factors
-from fedft.v1 import update_pb2, zo_pb2
+from fedft.v1 import update_pb2
 from fedft.wire.update import encode_update
 from fedft.wire.zo_reply import encode_zo_reply
 from fedft.zo.seeds import ZoRecord, derived_seed_indices, seed_pool_id
@@ -80,14 +81,6 @@ def proto(factors=GLOBAL, wire="fp32", **edit):
         message.version = edit.pop("version")
     for name, value in edit.items():
         setattr(message.tensors[0], name, value)
-    return message.SerializeToString()
-
-
-def zo_edit(payload, **fields):
-    message = zo_pb2.ZoReply()
-    message.ParseFromString(payload)
-    for name, value in fields.items():
-        setattr(message, name, value)
     return message.SerializeToString()
 
 

@@ -26,6 +26,7 @@ from replies import (
     moved,
     run_round,
     update_reply,
+    zo_edit,
     zo_payload,
     zo_reply,
 )
@@ -33,7 +34,7 @@ from replies import (
 from fedft.algorithms.fedavg import weighted_average
 from fedft.algorithms.validation import check_lora_products
 from fedft.config import ZoSection
-from fedft.v1 import update_pb2, zo_pb2
+from fedft.v1 import update_pb2
 from fedft.wire.update import encode_update
 
 A0, B0 = NAMES[0], NAMES[1]
@@ -41,14 +42,6 @@ A0, B0 = NAMES[0], NAMES[1]
 
 def scaled(factor):
     return {k: v * factor for k, v in GLOBAL.items()}
-
-
-def zo_edit(payload, **fields):
-    message = zo_pb2.ZoReply()
-    message.ParseFromString(payload)
-    for name, value in fields.items():
-        setattr(message, name, value)
-    return message.SerializeToString()
 
 
 def huge_shape_update():
