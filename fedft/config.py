@@ -221,6 +221,37 @@ class ZoSection:
         return self.grad_clip / 127 if self.grad_encoding == "int8" else None
 
 
+@dataclass(frozen=True)
+class FerretSection:
+    """Ferret (arXiv 2409.06277): first-order local steps, the update sent as seed coordinates.
+
+    Each round has a pool of ``pool_size`` seeds; block ``b`` of a client's update gets
+    ``n_b = max(floor(K ||Delta_b|| / max ||Delta||), 2)`` of them and sends ``n_b`` coordinates
+    (``coord_encoding``: one int8 code each plus one float32 scale per block, or float32). The
+    server rebuilds ``sum_k p_k Delta_k`` per block (``scaling``: ``unbiased``, ``1 / n_b``, or
+    ``projection``, the MSE-optimal ``1 / (n_b + d_b - 1)``) and applies it times ``server_lr``.
+    ``block_size = 0`` groups tensors into blocks of about 0.9 x the median tensor size, as the
+    reference does. ``trainable_modules`` as ``zo.trainable_modules`` (empty: the LoRA factors).
+    """
+
+    # The reference's default is 4096 and its scripts use 200; K bounds one block's coordinates.
+    pool_size: int = 200
+    server_lr: float = 1.0
+    scaling: Literal["unbiased", "projection"] = "unbiased"
+    coord_encoding: Literal["int8", "fp32"] = "int8"
+    block_size: int = 0
+    trainable_modules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check(2 <= self.pool_size <= 2**16, "ferret.pool_size", "must be in [2, 65536]")
+        check(
+            0 < self.server_lr < float("inf"),
+            "ferret.server_lr",
+            f"must be a finite number > 0, got {self.server_lr}",
+        )
+        check(self.block_size >= 0, "ferret.block_size", "must be >= 0 (0: 0.9 x median tensor)")
+
+
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multi_krum")
 
 
@@ -392,6 +423,7 @@ class Scenario:
     federation: FederationConfig = field(default_factory=FederationConfig)
     lora_fair: LoraFairSection = field(default_factory=LoraFairSection)
     zo: ZoSection = field(default_factory=ZoSection)
+    ferret: FerretSection = field(default_factory=FerretSection)
     robust: RobustSection = field(default_factory=RobustSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)

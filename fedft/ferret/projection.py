@@ -1,0 +1,223 @@
+r"""Project a block's update onto shared random directions, and rebuild it from the coordinates.
+
+Ferret (Shu et al., ICML 2025, arXiv 2409.06277, Sec. 3): block ``b`` of a client's update
+``Delta_b`` (``d_b`` elements) is sent as ``n_b`` coordinates ``gamma_j = <Delta_b, v_j>`` along
+directions ``v_j`` that every party regenerates from the seeds of a shared pool. Here ``v_j`` is the
+portable Rademacher vector of :mod:`fedft.zo.rng` on the block's global index range
+``[start_b, start_b + d_b)``, so ``E[v v^T] = I`` exactly and
+
+.. math::
+
+    \hat\Delta_b = \frac{1}{n_b} \sum_{j=1}^{n_b} \gamma_j v_j, \qquad
+    E[\hat\Delta_b] = \Delta_b, \qquad
+    E\|\hat\Delta_b - \Delta_b\|^2 = \frac{d_b - 1}{n_b} \|\Delta_b\|^2
+
+(for independent ``v_j``: ``E[(v^T \Delta)^2 \|v\|^2] = d_b \|\Delta\|^2``). The reference draws
+``v`` with ``torch.manual_seed`` + ``trunc_normal_(std=1, a=-b=1/sqrt(d))``, nearly uniform on
+``[-1/sqrt(d), 1/sqrt(d)]``, so ``E[v v^T] ~ I / (3 d)``; it multiplies ``gamma`` by ``d / n`` and
+its server learning rate absorbs the remaining factor 1/3. With ``n_b << d_b`` the unbiased
+estimate is dominated by its noise; the MSE-optimal multiple of it is ``n_b / (n_b + d_b - 1)``
+(scaling ``"projection"`` in :mod:`fedft.ferret.aggregate`), close to the orthogonal projection of
+``Delta_b`` onto the span of the ``v_j``, whose mean is ``(n_b / d_b) Delta_b``.
+
+Exactness. Both products are computed in float64 on integers (fixed-point grids), where every
+addition is exact whatever the summation order, so BLAS in torch and in numpy give the same bits:
+
+* projection: ``q_i = rint(Delta_i 2**S)`` with ``sum_i |q_i| < 2**53``, ``gamma = float32(2**-S
+  (V q))`` (one rounding);
+* update: ``c_j`` (float64) on a grid ``r_j = rint(c_j 2**S)`` with ``sum_j |r_j| < 2**53``,
+  ``u = 2**-S (V^T r)``, then ``w <- dtype(float64(w) - u)``.
+
+The grids lose ``~2**-(53 - log2 d)`` of the peak value, far below float32's ``2**-24``. Cost:
+``O(n_b d_b)`` generator work plus one ``(n_b, d_b)`` float64 product per block, in batches of
+about ``2**20`` elements.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from fedft.ferret.blocks import Array, Block, FerretError, grid_exponent
+from fedft.zo.rng import HIGH_WORD_SALT, MASK32, MIX_MULTIPLIER, mix32, seed_keys
+
+BATCH_ELEMENTS = 1 << 20  # sign-matrix elements per batch (8 MiB of float64)
+# row v: the signs 1 - 2 bit_k(v) of byte v, k = 0 (LSB) .. 7, as float64
+_SIGNS_NUMPY = 1.0 - 2.0 * ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.float64)
+_SIGN_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def _sign_table(device: torch.device) -> torch.Tensor:
+    if device not in _SIGN_TABLES:
+        _SIGN_TABLES[device] = torch.from_numpy(_SIGNS_NUMPY).to(device)
+    return _SIGN_TABLES[device]
+
+
+def _int32(value: int) -> int:
+    value &= MASK32
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _keys(seeds: Sequence[int], first_word: int) -> tuple[list[int], list[int]]:
+    """Per seed: the word key ``k1 ^ mix32(w1 ^ salt)`` and ``k2`` (see :mod:`fedft.zo.rng`)."""
+    high = mix32((first_word >> 32) ^ HIGH_WORD_SALT)
+    first, second = [], []
+    for seed in seeds:
+        k1, k2 = seed_keys(seed)
+        first.append(k1 ^ high)
+        second.append(k2)
+    return first, second
+
+
+def _check(start: int, count: int) -> tuple[int, int, int]:
+    first_word, lead = start >> 5, start & 31
+    words = (lead + count + 31) >> 5
+    if count <= 0 or (first_word >> 32) != ((first_word + words - 1) >> 32):
+        raise FerretError(f"block at {start} of {count} elements crosses a 2**37 boundary")
+    return first_word, lead, words
+
+
+def sign_matrix_numpy(seeds: Sequence[int], start: int, count: int) -> np.ndarray:
+    """``V[j, i] = z_{start + i}(seeds[j])`` as float64 ``(len(seeds), count)`` (numpy).
+
+    The same signs as :func:`fedft.zo.rng.rademacher_numpy`, for many seeds at once.
+    """
+    first_word, lead, words = _check(start, count)
+    k1, k2 = (np.asarray(k, np.int64)[:, None] for k in _keys(seeds, first_word))
+    base = first_word & MASK32
+    x = np.arange(base, base + words, dtype=np.int64)[None, :] ^ k1  # (seeds, words)
+    x = (x * MIX_MULTIPLIER) & MASK32
+    x ^= k2
+    for _ in range(2):
+        x ^= x >> 16
+        x = (x * MIX_MULTIPLIER) & MASK32
+    x ^= x >> 16
+    octets = x.astype("<u4").view(np.uint8)  # (seeds, 4 words): byte j holds bits 8j .. 8j + 7
+    signs = _SIGNS_NUMPY[octets]  # (seeds, 4 words, 8)
+    return signs.reshape(len(seeds), 32 * words)[:, lead : lead + count]
+
+
+def sign_matrix_torch(
+    seeds: Sequence[int], start: int, count: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``V`` of :func:`sign_matrix_numpy` as a float64 tensor (int32 wrap-around arithmetic)."""
+    first_word, lead, words = _check(start, count)
+    k1, k2 = (
+        torch.tensor([_int32(v) for v in k], dtype=torch.int32, device=device)[:, None]
+        for k in _keys(seeds, first_word)
+    )
+    x = torch.arange(words, dtype=torch.int32, device=device)[None, :] + _int32(first_word)
+    x = (x ^ k1) * MIX_MULTIPLIER
+    x = x ^ k2
+    for _ in range(2):
+        x = x ^ ((x >> 16) & 0xFFFF)
+        x = x * MIX_MULTIPLIER
+    x = x ^ ((x >> 16) & 0xFFFF)
+    octets = x.contiguous().view(torch.uint8).reshape(len(seeds), words, 4)
+    if sys.byteorder == "big":
+        octets = octets.flip(2)
+    signs = _sign_table(octets.device)[octets.reshape(len(seeds), 4 * words).long()]
+    return signs.reshape(len(seeds), 32 * words)[:, lead : lead + count]
+
+
+def _rows(count: int) -> int:
+    return max(1, BATCH_ELEMENTS // max(count, 1))
+
+
+def project(flat: Array, seeds: Sequence[int], start: int) -> np.ndarray:
+    """Return ``gamma_j = float32(<Delta_b, v_j>)`` for a block's flat update (torch or numpy).
+
+    Parameters
+    ----------
+    flat : np.ndarray or torch.Tensor
+        The block's update ``Delta_b`` (float, finite), flattened in layout order.
+    seeds : Sequence[int]
+        The block's seeds (from the round's pool, :func:`fedft.ferret.blocks.seed_window`).
+    start : int
+        The block's global index (:attr:`fedft.ferret.blocks.Block.start`).
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(len(seeds),)``; the same bits from torch and numpy inputs.
+    """
+    torch_input = isinstance(flat, torch.Tensor)
+    count = int(flat.numel() if torch_input else flat.size)
+    peak = float(flat.abs().max()) if torch_input else float(np.abs(flat).max(initial=0.0))
+    if not np.isfinite(peak):
+        raise FerretError("cannot project a non-finite update")
+    exponent = grid_exponent(peak, 53 - count.bit_length())
+    out = np.zeros(len(seeds), np.float64)
+    if peak == 0.0:
+        return out.astype(np.float32)
+    scale = 2.0**exponent
+    if torch_input:
+        q = torch.round(flat.detach().to(torch.float64).reshape(-1) * scale)
+    else:
+        q = np.rint(np.asarray(flat, np.float64).reshape(-1) * scale)
+    rows = _rows(count)
+    for j in range(0, len(seeds), rows):
+        batch = seeds[j : j + rows]
+        if torch_input:
+            signs = sign_matrix_torch(batch, start, count, q.device)
+            out[j : j + len(batch)] = (signs @ q).cpu().numpy()
+        else:
+            out[j : j + len(batch)] = sign_matrix_numpy(batch, start, count) @ q
+    return (out * 2.0**-exponent).astype(np.float32)
+
+
+def combine(
+    coefficients: np.ndarray, seeds: Sequence[int], start: int, count: int, like: Array
+) -> Array:
+    """Return ``u = sum_j c_j v_j`` in float64 (exact on the grid of ``c``), typed as ``like``.
+
+    ``c`` is put on a grid ``r_j = rint(c_j 2**S)`` with ``sum_j |r_j| < 2**53``, so ``V^T r`` is
+    exact in float64 whatever the order of its additions; ``u = 2**-S V^T r``.
+    """
+    coefficients = np.asarray(coefficients, np.float64)
+    if len(coefficients) != len(seeds):
+        raise FerretError(f"{len(coefficients)} coefficients for {len(seeds)} seeds")
+    if not np.all(np.isfinite(coefficients)):
+        raise FerretError("cannot apply non-finite coefficients")
+    torch_like = isinstance(like, torch.Tensor)
+    device = like.device if torch_like else None
+    peak = float(np.abs(coefficients).max(initial=0.0))
+    if peak == 0.0:
+        return (
+            torch.zeros(count, dtype=torch.float64, device=device)
+            if torch_like
+            else (np.zeros(count, np.float64))
+        )
+    exponent = grid_exponent(peak, 53 - len(seeds).bit_length())
+    grid = np.rint(coefficients * 2.0**exponent)
+    rows = _rows(count)
+    total: Array | None = None
+    for j in range(0, len(seeds), rows):
+        batch = list(seeds[j : j + rows])
+        if torch_like:
+            r = torch.from_numpy(grid[j : j + len(batch)]).to(device)
+            part = r @ sign_matrix_torch(batch, start, count, device)
+        else:
+            part = grid[j : j + len(batch)] @ sign_matrix_numpy(batch, start, count)
+        total = part if total is None else total + part  # integer-valued: exact
+    return total * 2.0**-exponent
+
+
+def subtract_(tensors: Sequence[Array], block: Block, update: Array) -> None:
+    """``w <- dtype(float64(w) - u)`` on the block's tensors, in place (one rounding)."""
+    offset = 0
+    for t in range(block.first, block.last):
+        tensor = tensors[t]
+        if isinstance(tensor, torch.Tensor):
+            n = tensor.numel()
+            piece = update[offset : offset + n].reshape(tensor.shape)
+            with torch.no_grad():
+                tensor.copy_((tensor.detach().to(torch.float64) - piece).to(tensor.dtype))
+        else:
+            n = tensor.size
+            piece = np.asarray(update[offset : offset + n]).reshape(tensor.shape)
+            tensor[...] = (tensor.astype(np.float64) - piece).astype(tensor.dtype)
+        offset += n
