@@ -69,9 +69,10 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fedft.cli import simulate_scenario  # noqa: E402
 from fedft.config import Scenario, load_scenario  # noqa: E402
 from fedft.report import read_metrics  # noqa: E402
-from fedft.simulate import backend_config, simulate  # noqa: E402
+from fedft.simulate import backend_config  # noqa: E402
 
 SCENARIO = REPO / "simulations" / "default.toml"
 SAMPLE_S = 0.2
@@ -283,7 +284,7 @@ def run_in_process(label: str, overrides: list[str], work: Path) -> Run:
     print(f"[{label}] {' '.join(overrides)}", file=sys.stderr, flush=True)
     with Sampler(psutil.Process()) as mem:
         t0 = time.time()
-        simulate(scenario, run_dir)
+        simulate_scenario(scenario, run_dir)
         t1 = time.time()
     return collect(label, scenario, run_dir, t0, t1, mem)
 
@@ -675,7 +676,7 @@ def definitions() -> None:
 
 
 def child_main(run_dir: str, overrides: list[str]) -> None:
-    simulate(load_scenario(SCENARIO, overrides), Path(run_dir))
+    simulate_scenario(load_scenario(SCENARIO, overrides), Path(run_dir))
 
 
 def main() -> None:

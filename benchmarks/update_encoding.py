@@ -25,8 +25,8 @@ import torch
 
 from fedft.adapters import get_factors
 from fedft.config import load_scenario
+from fedft.flower_records import factors_to_record
 from fedft.models import load_peft_model
-from fedft.records import factors_to_record
 from fedft.report import read_metrics
 from fedft.wire.update import decode_update, encode_update
 

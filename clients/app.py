@@ -10,7 +10,7 @@ from flwr.clientapp import ClientApp
 
 from clients import ort_client, ort_zo, torch_client, zo_client, zo_sync
 from fedft.config import Scenario
-from fedft.records import (
+from fedft.flower_records import (
     UPDATE_KEY,
     ZO_REPLY_KEY,
     config_to_scenario,

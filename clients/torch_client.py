@@ -13,11 +13,12 @@ from transformers import PreTrainedTokenizerBase
 from fedft.adapters import get_factors, set_factors_
 from fedft.config import Scenario
 from fedft.data import EncodedDataset
+from fedft.devices import select_device
 from fedft.models import load_peft_model
 from fedft.quantize import base_weight_bytes
 from fedft.schedule import round_lr
 from fedft.task import batch_seed, encode_partition
-from fedft.train import EvalResult, evaluate, select_device, train_local
+from fedft.train import EvalResult, evaluate, train_local
 
 
 def client_model(

@@ -16,7 +16,7 @@ import torch
 from clients.torch_client import client_datasets, client_model
 from clients.zo_round import plan_round, reply
 from fedft.config import Scenario
-from fedft.train import select_device
+from fedft.devices import select_device
 from fedft.wire.order import zo_order
 from fedft.zo.seeds import ZoRecord
 from fedft.zo.step import spsa_step_

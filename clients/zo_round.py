@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fedft.adapters import factors_digest
 from fedft.config import Scenario
+from fedft.factors import factors_digest
 from fedft.task import batch_seed
 from fedft.wire.zo_reply import encode_zo_reply
 from fedft.zo.seeds import ZoRecord, derived_seed_indices, seed_pool, seed_pool_id

@@ -13,7 +13,7 @@ from flwr.app import ConfigRecord, Context, Message
 from clients.torch_client import client_model
 from fedft.config import Scenario
 from fedft.errors import ReplyError
-from fedft.records import (
+from fedft.flower_records import (
     ZO_CHECKPOINT_ROUND_KEY,
     ZO_HISTORY_KEY,
     factors_to_record,

@@ -3,11 +3,11 @@
 A *factor state* is a flat ``dict[str, torch.Tensor]`` keyed exactly as in a saved PEFT adapter
 (``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight``). The same names travel on
 the wire and land in ``adapter_model.safetensors``, so the final adapter is a standard PEFT folder.
+The state as plain data (names, layout check, digest; no peft) is :mod:`fedft.factors`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,8 +15,7 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 
 from fedft.errors import ReplyError
-
-FactorState = dict[str, torch.Tensor]
+from fedft.factors import FactorState, check_same_layout
 
 
 def _parameter_map(model: PeftModel) -> dict[str, torch.nn.Parameter]:
@@ -34,16 +33,6 @@ def get_factors(model: PeftModel) -> FactorState:
     # The base stays frozen (lm_head or embeddings included): only LoRA factors are state.
     state = get_peft_model_state_dict(model, save_embedding_layers=False)
     return {name: t.detach().to("cpu", torch.float32).clone() for name, t in state.items()}
-
-
-def factors_digest(factors: Mapping[str, torch.Tensor]) -> int:
-    """A 48-bit digest of names, shapes, dtypes and exact bits (fits a float64 metric exactly)."""
-    digest = hashlib.sha256()
-    for name in sorted(factors):
-        tensor = factors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return int.from_bytes(digest.digest()[:6], "big")
 
 
 def factor_params(model: PeftModel, names: list[str]) -> list[torch.nn.Parameter]:
@@ -68,24 +57,6 @@ def set_factors_(model: PeftModel, factors: Mapping[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, tensor in factors.items():
             params[name].copy_(tensor.to(params[name].dtype))
-
-
-def check_same_layout(
-    got: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], what: str
-) -> None:
-    """Raise :class:`ReplyError` unless ``got`` has exactly ``expected``'s names and shapes."""
-    missing = sorted(set(expected) - set(got))
-    if missing:
-        raise ReplyError(f"{what}: missing tensor {missing[0]!r} ({len(missing)} missing)")
-    unknown = sorted(set(got) - set(expected))
-    if unknown:
-        raise ReplyError(f"{what}: unknown tensor {unknown[0]!r}")
-    for name, tensor in expected.items():
-        if tuple(got[name].shape) != tuple(tensor.shape):
-            raise ReplyError(
-                f"{what}: tensor {name!r} has shape {tuple(got[name].shape)}, "
-                f"expected {tuple(tensor.shape)}"
-            )
 
 
 def save_adapter(

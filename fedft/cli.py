@@ -1,4 +1,9 @@
-"""The ``fedft`` command line.
+"""The ``fedft`` command line: the one module of ``fedft/`` that wires in the Flower apps.
+
+The library under ``fedft/`` imports neither ``server/`` nor ``clients/``; this command-line layer
+is where they meet it (``fedft simulate`` hands ``server.app.make_server_app`` and
+``clients.app.app`` to :func:`fedft.simulate.simulate`; an interrupted run's checkpoint is read with
+``server.checkpoint``). ``tests/unit/test_import_layers.py`` holds every other module to that.
 
 User errors (a bad scenario, a missing file) print one line ``fedft: error: ...`` and exit with
 code 2, without a traceback.
@@ -13,7 +18,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from fedft.cli_common import (
     Parser,
@@ -27,6 +32,9 @@ from fedft.console import console_logging, quiet_libraries
 from fedft.deploy import cli as deploy_cli
 from fedft.edge import cli as edge_cli
 from fedft.errors import FedftError, Interrupted
+
+if TYPE_CHECKING:
+    from fedft.config import Scenario
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,8 +99,9 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from fedft.config import check_local_files, load_scenario
+    from fedft.config import load_scenario
     from fedft.console import long_step
+    from fedft.local_files import check_local_files
     from fedft.run_folder import check_same_scenario, check_writable_folder, default_run_dir
 
     # First what needs no torch, transformers or Ray: the scenario, the run folder.
@@ -124,13 +133,26 @@ def _simulate(args: argparse.Namespace) -> int:
     with long_step("loading the base model"):
         load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
 
-    from fedft.simulate import simulate
-
     try:
-        simulate(scenario, run_dir, verbose=args.verbose)
+        simulate_scenario(scenario, run_dir, verbose=args.verbose)
     except Interrupted:
         _report_interrupted(run_dir, scenario.federation.num_rounds)
     return 0
+
+
+def simulate_scenario(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
+    """Run ``scenario`` on Flower's simulation engine with fedft's ServerApp and ClientApp.
+
+    Returns
+    -------
+    Path
+        The run folder.
+    """
+    from clients.app import app as client_app
+    from fedft.simulate import simulate
+    from server.app import make_server_app
+
+    return simulate(scenario, run_dir, make_server_app, client_app, verbose=verbose)
 
 
 def _report_interrupted(run_dir: Path, num_rounds: int) -> NoReturn:
@@ -156,8 +178,9 @@ def _report_interrupted(run_dir: Path, num_rounds: int) -> NoReturn:
 
 def _compare(args: argparse.Namespace) -> int:
     from fedft.compare import compare
-    from fedft.config import check_local_files, load_scenario
+    from fedft.config import load_scenario
     from fedft.errors import ConfigError
+    from fedft.local_files import check_local_files
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     try:

@@ -565,17 +565,3 @@ def load_scenario(path: str | Path | None = None, overrides: Iterable[str] = ())
     """Build the scenario from a TOML file (or the defaults) plus ``key=value`` overrides."""
     raw = read_toml(path) if path is not None else {}
     return Scenario.from_dict(apply_overrides(raw, overrides))
-
-
-def check_local_files(scenario: Scenario) -> None:
-    """Check that files the scenario names exist here (called where they are read)."""
-    model, data = scenario.model, scenario.data
-    if model.source == "hf":
-        check(Path(model.path).is_dir(), "model.path", f"no model folder at {model.path}")
-    if model.source == "gguf":
-        from fedft.models import resolve_gguf  # heavy imports: only when a GGUF is named
-
-        gguf = resolve_gguf(model.path)
-        check(gguf.is_file(), "model.path", f"no GGUF file at {gguf}")
-    if data.source in ("jsonl", "csv"):
-        check(Path(data.path).is_file(), "data.path", f"no data file at {data.path}")

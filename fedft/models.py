@@ -37,9 +37,9 @@ from transformers import (
 from fedft.adapters import get_factors
 from fedft.config import LoraConfig, ModelConfig
 from fedft.data.encode import char_tokenizer
+from fedft.devices import select_device
 from fedft.errors import ConfigError
 from fedft.quantize import load_quantized, quantize_model
-from fedft.train import select_device
 
 log = logging.getLogger(__name__)
 

@@ -3,17 +3,33 @@
 Every partitioner returns one ``numpy`` array of example indices per client (``int64``, sorted);
 the arrays are disjoint and together cover ``range(num_examples)``. Randomness comes from
 ``numpy.random.default_rng(seed)`` only, so a seed fixes the split on every platform.
+
+:data:`PARTITIONERS` maps each ``partition.method`` to its partitioner behind one signature; adding
+a method is a function here, its entry there and its name in ``PartitionConfig.method``'s
+``Literal`` (``tests/unit/test_partition.py`` checks the two agree).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedft.errors import FedftError
 
-__all__ = ["PartitionError", "dirichlet", "iid", "natural", "train_eval_split"]
+if TYPE_CHECKING:
+    from fedft.config import PartitionConfig
+
+__all__ = [
+    "PARTITIONERS",
+    "PartitionError",
+    "Partitioner",
+    "dirichlet",
+    "iid",
+    "natural",
+    "train_eval_split",
+]
 
 MAX_DIRICHLET_TRIES = 100
 """Draws :func:`dirichlet` makes before giving up on giving every client ``min_size`` examples."""
@@ -145,6 +161,17 @@ def natural(keys: Sequence[str], num_clients: int) -> list[np.ndarray]:
         )
     key_array = np.asarray(keys, dtype=object)
     return [np.flatnonzero(key_array == value).astype(np.int64) for value in values]
+
+
+Partitioner = Callable[[Sequence[str], int, int, "PartitionConfig"], list[np.ndarray]]
+"""``partitioner(keys, num_clients, seed, settings)``: one sorted index array per client."""
+
+PARTITIONERS: dict[str, Partitioner] = {
+    "iid": lambda keys, num_clients, seed, cfg: iid(len(keys), num_clients, seed),
+    "dirichlet": lambda keys, num_clients, seed, cfg: dirichlet(keys, num_clients, cfg.alpha, seed),
+    "natural": lambda keys, num_clients, seed, cfg: natural(keys, num_clients),
+}
+"""``partition.method`` -> its partitioner (``settings`` is the scenario's ``[partition]``)."""
 
 
 def train_eval_split(

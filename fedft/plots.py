@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedft.report import read_metrics
-
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -127,9 +125,13 @@ def metrics_figure(rows: Rows, title: str) -> Figure:
     return fig
 
 
-def plot_metrics(metrics_path: Path, png_path: Path) -> None:
-    """Draw :func:`metrics_figure` of a run folder's ``metrics.jsonl`` into ``png_path``."""
-    fig = metrics_figure(read_metrics(metrics_path), run_title(metrics_path.parent / "config.toml"))
+def plot_metrics(rows: Rows, config_path: Path, png_path: Path) -> None:
+    """Draw :func:`metrics_figure` of a run's ``metrics.jsonl`` rows into ``png_path``.
+
+    ``config_path`` is the run's ``config.toml`` (its title); the rows come from
+    :func:`fedft.report.read_metrics` (read by the caller: this module imports no run-folder code).
+    """
+    fig = metrics_figure(rows, run_title(config_path))
     fig.savefig(png_path, dpi=100)
     _pyplot().close(fig)
 

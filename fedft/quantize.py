@@ -59,8 +59,8 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedMod
 from transformers.utils import logging as hf_logging
 
 from fedft.config import Scenario
+from fedft.devices import select_device
 from fedft.errors import ConfigError
-from fedft.train import select_device
 
 QUANTIZED = ("int8", "nf4")
 NF4_BLOCKSIZE = 64  # bitsandbytes' 4-bit block: one scale per 64 weights (QLoRA)

@@ -91,7 +91,8 @@ class RunRecorder:
         """Write the plot; return the run folder."""
         from fedft.plots import plot_metrics  # matplotlib only when a run ends
 
-        plot_metrics(self.metrics_path, self.run_dir / "metrics.png")
+        rows = read_metrics(self.metrics_path)
+        plot_metrics(rows, self.run_dir / "config.toml", self.run_dir / "metrics.png")
         return self.run_dir
 
 

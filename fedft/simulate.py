@@ -1,4 +1,8 @@
-"""Run a scenario on Flower's simulation engine (Ray backend) on this machine."""
+"""Run a scenario on Flower's simulation engine (Ray backend) on this machine.
+
+The apps come in as arguments: the library imports neither ``server/`` nor ``clients/``; the
+command line (:mod:`fedft.cli`) passes ``server.app.make_server_app`` and ``clients.app.app``.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,23 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from fedft.config import Scenario
 from fedft.console import mark_simulation_workers, plain_flower_logs, quiet_libraries
 from fedft.errors import Interrupted
 
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
 log = logging.getLogger("fedft")
+
+ServerAppFactory = Callable[[Scenario, Path, threading.Event, threading.Event], "ServerApp"]
+"""Builds the run's ServerApp from (scenario, run folder, stop event, server-done event)."""
 
 
 def gpus_per_client(scenario: Scenario, num_gpus: int, num_cpus: int) -> float:
@@ -75,8 +87,17 @@ def cuda_device_count() -> int:
 STOP_WAIT_S = 30.0
 
 
-def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
+def simulate(
+    scenario: Scenario,
+    run_dir: Path,
+    make_server_app: ServerAppFactory,
+    client_app: ClientApp,
+    verbose: bool = False,
+) -> Path:
     """Run ``scenario`` with one virtual SuperNode per client; return the run folder.
+
+    ``make_server_app`` builds the ServerApp (it sets ``server_done`` when the server stops and
+    stops at ``stop``); ``client_app`` is the ClientApp every virtual SuperNode runs.
 
     Ctrl-C (SIGINT) stops the clients and Ray, lets the server stop where it waits for replies,
     and raises :class:`~fedft.errors.Interrupted`: the folder keeps its last completed round.
@@ -84,9 +105,6 @@ def simulate(scenario: Scenario, run_dir: Path, verbose: bool = False) -> Path:
     # Imported here: `fedft --help` and config errors should not pay for Flower's and Ray's import.
     import torch
     from flwr.simulation import run_simulation
-
-    from clients.app import app as client_app
-    from server.app import make_server_app
 
     # The driver evaluates and aggregates beside the client actors: one thread avoids
     # oversubscribing small machines (2 threads were 5-20x slower than 1 on 2 busy cores).

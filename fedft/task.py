@@ -14,16 +14,8 @@ import numpy as np
 
 from fedft import partition
 from fedft.config import DataConfig, Scenario
-from fedft.data import (
-    EncodedDataset,
-    Example,
-    builtin_task,
-    chatterbot_examples,
-    encode_examples,
-    read_csv,
-    read_jsonl,
-    rotten_tomatoes_examples,
-)
+from fedft.data import EncodedDataset, Example, encode_examples
+from fedft.data.sources import DATA_SOURCES
 from fedft.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,23 +32,11 @@ class FederatedData:
 
 
 def load_examples(data: DataConfig, seed: int) -> list[Example]:
-    """All examples of the scenario's data source, before any split."""
-    fields = {
-        "prompt_field": data.prompt_field,
-        "response_field": data.response_field,
-        "text_field": data.text_field,
-        "key_field": data.key_field,
-    }
-    if data.source == "builtin":
-        examples = builtin_task(data.num_examples, seed)
-    elif data.source == "jsonl":
-        examples = read_jsonl(data.path, **fields)
-    elif data.source == "csv":
-        examples = read_csv(data.path, **fields)
-    elif data.source == "chatterbot":
-        examples = chatterbot_examples()
-    else:
-        examples = rotten_tomatoes_examples()
+    """The scenario's examples before any split: its source's (``fedft.data.sources``), sampled.
+
+    ``data.max_examples`` > 0 keeps that many, drawn with the run's seed, in their source order.
+    """
+    examples = DATA_SOURCES[data.source](data, seed)
     if data.max_examples:
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.permutation(len(examples))[: data.max_examples])
@@ -81,12 +61,7 @@ def split_clients(scenario: Scenario, examples: list[Example]) -> FederatedData:
     keys = [ex.key for ex in rest]
     method = scenario.partition.method
     try:
-        if method == "iid":
-            parts = partition.iid(len(rest), fed.num_clients, seed)
-        elif method == "dirichlet":
-            parts = partition.dirichlet(keys, fed.num_clients, scenario.partition.alpha, seed)
-        else:
-            parts = partition.natural(keys, fed.num_clients)
+        parts = partition.PARTITIONERS[method](keys, fed.num_clients, seed, scenario.partition)
     except partition.PartitionError as err:
         raise ConfigError(f"partition.method={method}", str(err)) from None
     train, evals = [], []

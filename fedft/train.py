@@ -31,17 +31,6 @@ class EvalResult:
     examples: int
 
 
-def select_device(preference: str) -> torch.device:
-    """``auto`` takes CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
-    if preference == "cuda" and not torch.cuda.is_available():
-        from fedft.errors import ConfigError
-
-        raise ConfigError("client.device", "is 'cuda' but no CUDA device is available here")
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)
-
-
 def train_local(
     model: PeftModel,
     dataset: EncodedDataset,

@@ -15,14 +15,15 @@ from flwr.serverapp import Grid
 from fedft.config import Scenario
 from fedft.console import Status
 from fedft.data import encode_examples
+from fedft.devices import select_device
 from fedft.errors import FedftError, Interrupted
+from fedft.flower_records import factors_to_record, record_to_factors, scenario_to_config
 from fedft.models import load_peft_model
-from fedft.records import factors_to_record, record_to_factors, scenario_to_config
 from fedft.report import RunRecorder
 from fedft.run_folder import check_same_scenario, stored_config
 from fedft.run_outputs import base_reference, write_outputs
 from fedft.task import federated_data
-from fedft.train import evaluate, select_device
+from fedft.train import evaluate
 from fedft.zo.trainable import initial_state, set_trainable_
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.replies import ClientUpdate

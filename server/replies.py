@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import torch
 from flwr.app import Message, RecordDict
 
-from fedft.adapters import factors_digest
 from fedft.algorithms.validation import (
     check_lora_products,
     check_update_limits,
@@ -27,7 +26,8 @@ from fedft.algorithms.validation import (
 )
 from fedft.config import RobustSection, ZoSection
 from fedft.errors import ReplyError
-from fedft.records import UPDATE_KEY, ZO_REPLY_KEY, record_nbytes, record_to_factors
+from fedft.factors import factors_digest
+from fedft.flower_records import UPDATE_KEY, ZO_REPLY_KEY, record_nbytes, record_to_factors
 from fedft.wire.update import decode_update
 from fedft.wire.zo_reply import decode_zo_reply
 from fedft.zo.replay import rebuild_factors

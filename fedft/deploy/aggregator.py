@@ -23,7 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
-from fedft.config import Scenario, check_local_files, load_scenario, read_toml
+from fedft.config import Scenario, load_scenario, read_toml
 from fedft.deploy import control
 from fedft.deploy.certs import CA_CERT, SERVER_CERT, SERVER_KEY, CertError, server_names
 from fedft.deploy.processes import (
@@ -37,6 +37,7 @@ from fedft.deploy.processes import (
     superlink_command,
     wait_for_port,
 )
+from fedft.local_files import check_local_files
 from fedft.run_folder import check_same_scenario
 
 log = logging.getLogger("fedft")

@@ -48,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from fedft.edge.bundle import check_bundle, read_bundle
 
     if args.edge_command == "export":
-        from fedft.config import check_local_files
         from fedft.console import long_step
         from fedft.edge.cache import default_bundle_dir
         from fedft.edge.export import build_bundle
+        from fedft.local_files import check_local_files
 
         scenario = load_scenario(scenario_path(args), args.overrides)
         check_local_files(scenario)

@@ -18,7 +18,8 @@ import torch
 from peft import PeftModel
 from safetensors.torch import save_file
 
-from fedft.adapters import check_same_layout, factor_params, get_factors, set_factors_
+from fedft.adapters import factor_params, get_factors, set_factors_
+from fedft.factors import check_same_layout
 from fedft.models import initial_factors
 
 _SKIP = {"weight", "bias", "base_layer"}

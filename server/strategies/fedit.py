@@ -24,7 +24,7 @@ from fedft.algorithms.validation import (
 )
 from fedft.config import RobustSection, Scenario, ZoSection
 from fedft.errors import ReplyError
-from fedft.records import factors_to_record, record_to_factors, without_scenario
+from fedft.flower_records import factors_to_record, record_to_factors, without_scenario
 from server.replies import ClientUpdate, ReplyCodec
 from server.strategies import register_strategy
 

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedft.errors import ReplyError
-from fedft.records import ZO_CHECKPOINT_ROUND_KEY, ZO_HISTORY_KEY
+from fedft.flower_records import ZO_CHECKPOINT_ROUND_KEY, ZO_HISTORY_KEY
 from fedft.wire.order import in_zo_order
 from fedft.wire.zo_history import decode_history, encode_history
 from fedft.zo.replay import RoundAggregate, aggregate_records, prefer_replay, replay_history_

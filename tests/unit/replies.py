@@ -9,7 +9,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.config import RobustSection, ZoSection
-from fedft.records import UPDATE_KEY, ZO_REPLY_KEY, factors_to_record, record_to_factors
+from fedft.flower_records import UPDATE_KEY, ZO_REPLY_KEY, factors_to_record, record_to_factors
 from fedft.v1 import zo_pb2
 from fedft.wire.update import encode_update
 from fedft.wire.zo_reply import encode_zo_reply

@@ -16,7 +16,7 @@ from replies import zo_edit
 
 from fedft.algorithms.validation import norm_outliers, update_norm
 from fedft.config import ZoSection
-from fedft.records import UPDATE_KEY, ZO_REPLY_KEY, factors_to_record, record_to_factors
+from fedft.flower_records import UPDATE_KEY, ZO_REPLY_KEY, factors_to_record, record_to_factors
 from fedft.v1 import update_pb2
 from fedft.wire.update import encode_update
 from fedft.wire.zo_reply import encode_zo_reply

@@ -443,3 +443,26 @@ def test_batches_cap_batch_size_and_reject_empty_data():
     assert list(_numbered(3).batches(2, 0, steps=0)) == []
     with pytest.raises(DataError, match="empty"):
         next(_numbered(0).batches(2, 0, 1))
+
+
+def test_every_data_source_the_config_accepts_has_a_loader():
+    import typing
+
+    from fedft.config import DataConfig
+    from fedft.data.sources import DATA_SOURCES
+
+    names = typing.get_args(typing.get_type_hints(DataConfig)["source"])
+    assert set(DATA_SOURCES) == set(names)
+
+
+def test_load_examples_reads_the_source_its_loader_names(tmp_path):
+    from fedft.config import DataConfig
+    from fedft.task import load_examples
+
+    path = tmp_path / "d.csv"
+    path.write_text("q,a\nhi,there\nbye,now\n")
+    data = DataConfig(source="csv", path=str(path), prompt_field="q", response_field="a")
+    assert [(e.prompt, e.response) for e in load_examples(data, 0)] == [
+        ("hi", "there"),
+        ("bye", "now"),
+    ]

@@ -7,7 +7,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedft.records import factors_to_record, record_to_factors
+from fedft.flower_records import factors_to_record, record_to_factors
 from server.strategies.fedit import FedIT
 
 # What a ServerApp process has set before it builds messages.
@@ -97,7 +97,7 @@ def test_the_scenario_text_goes_to_a_node_until_it_replies_and_again_after_an_er
     from flwr.app import Error
 
     from fedft.config import Scenario
-    from fedft.records import SCENARIO_KEY, record_nbytes, scenario_to_config
+    from fedft.flower_records import SCENARIO_KEY, record_nbytes, scenario_to_config
 
     strategy = FedIT(min_available_nodes=1)
     config = scenario_to_config(Scenario.from_dict({}))

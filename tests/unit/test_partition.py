@@ -141,3 +141,28 @@ def test_train_eval_split_edge_sizes():
 def test_train_eval_split_errors(indices, fraction, expected):
     with pytest.raises(PartitionError, match=expected):
         train_eval_split(indices, fraction, seed=0, client=2)
+
+
+def test_every_partition_method_the_config_accepts_has_a_partitioner():
+    import typing
+
+    from fedft.config import PartitionConfig
+    from fedft.partition import PARTITIONERS
+
+    names = typing.get_args(typing.get_type_hints(PartitionConfig)["method"])
+    assert set(PARTITIONERS) == set(names)
+
+
+@pytest.mark.parametrize("method", ["iid", "dirichlet", "natural"])
+def test_partitioners_equal_the_functions_they_name(method):
+    from fedft.config import PartitionConfig
+    from fedft.partition import PARTITIONERS
+
+    cfg = PartitionConfig(method=method, alpha=0.3)
+    expected = {
+        "iid": lambda: iid(len(KEYS), 5, 7),
+        "dirichlet": lambda: dirichlet(KEYS, 5, 0.3, 7),
+        "natural": lambda: natural(KEYS, 5),
+    }[method]()
+    got = PARTITIONERS[method](KEYS, 5, 7, cfg)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))

@@ -12,6 +12,7 @@ from fedft.algorithms.validation import validate_factors
 from fedft.config import LoraConfig, ModelConfig, TinyModelConfig, load_scenario
 from fedft.data import builtin_task, encode_examples
 from fedft.errors import ConfigError
+from fedft.flower_records import factors_to_record, record_nbytes, record_to_factors
 from fedft.models import load_base, tiny_model, wrap_lora
 from fedft.quantize import (
     base_weight_bytes,
@@ -21,7 +22,6 @@ from fedft.quantize import (
     quantized_layers,
     require_bitsandbytes,
 )
-from fedft.records import factors_to_record, record_nbytes, record_to_factors
 from fedft.zo.rng import layout_of, perturbation_numpy
 from fedft.zo.step import spsa_step_
 

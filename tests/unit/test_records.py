@@ -5,7 +5,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from fedft.config import Scenario
 from fedft.errors import ReplyError
-from fedft.records import (
+from fedft.flower_records import (
     SCENARIO_DIGEST_KEY,
     SCENARIO_KEY,
     config_to_scenario,

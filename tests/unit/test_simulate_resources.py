@@ -55,8 +55,8 @@ def test_simulate_passes_the_gpu_share_to_flower(monkeypatch, tmp_path):
     import flwr.simulation
 
     # Imported before CUDA is faked: bitsandbytes probes it on import.
-    import clients.app  # noqa: F401
-    import server.app  # noqa: F401
+    from clients.app import app as client_app
+    from server.app import make_server_app
 
     fake_cuda(monkeypatch, 1)
     monkeypatch.setattr(simulate_mod.os, "cpu_count", lambda: 2)
@@ -67,7 +67,7 @@ def test_simulate_passes_the_gpu_share_to_flower(monkeypatch, tmp_path):
         (tmp_path / "adapter").mkdir()
 
     monkeypatch.setattr(flwr.simulation, "run_simulation", fake_run_simulation)
-    simulate_mod.simulate(load_scenario(None), tmp_path)
+    simulate_mod.simulate(load_scenario(None), tmp_path, make_server_app, client_app)
     assert seen["backend_config"]["client_resources"]["num_gpus"] == 0.5
 
 

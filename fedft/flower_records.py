@@ -1,6 +1,9 @@
-"""The one place fedft meets Flower's records: factor states and scenarios in and out of messages.
+"""Flower glue: factor states and scenarios in and out of Flower's records, and the message keys.
 
-Everything else in fedft is Flower-free; ``server/`` and ``clients/`` call these helpers.
+Where ``fedft/`` converts to and from ``flwr.app`` records (besides it, only the simulation runner
+and the console touch Flower): the maths (``fedft/algorithms/``, ``fedft/zo/``) and the codecs
+(``fedft/wire/``) stay Flower-free; ``server/`` and ``clients/``, which both speak these records,
+call the helpers here.
 """
 
 from __future__ import annotations
