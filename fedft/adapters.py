@@ -69,5 +69,5 @@ def save_adapter(
     set_factors_(model, factors)
     model.peft_config[model.active_adapter].base_model_name_or_path = base_ref
     out = Path(path)
-    model.save_pretrained(out, save_embedding_layers=False)
+    model.save_pretrained(str(out), save_embedding_layers=False)
     return out

@@ -33,9 +33,13 @@ COLUMNS = (
 )
 
 
-def run_one(scenario: Path, overrides: Sequence[str], run_dir: Path) -> list[dict[str, Any]]:
-    """Run one simulation in a fresh process and return its round rows."""
-    args = [sys.executable, "-m", "fedft.cli", "simulate", str(scenario), "--out", str(run_dir)]
+def run_one(scenario: Path | None, overrides: Sequence[str], run_dir: Path) -> list[dict[str, Any]]:
+    """Run one simulation in a fresh process and return its round rows.
+
+    ``scenario`` None runs the built-in defaults (an installed copy without simulations/).
+    """
+    named = [] if scenario is None else [str(scenario)]
+    args = [sys.executable, "-m", "fedft.cli", "simulate", *named, "--out", str(run_dir)]
     for text in overrides:
         args += ["--set", text]
     proc = subprocess.run(args, capture_output=True, text=True, check=False)
@@ -78,7 +82,7 @@ def markdown_table(results: dict[str, list[dict[str, float]]]) -> str:
 
 
 def compare(
-    scenario: Path,
+    scenario: Path | None,
     strategies: Sequence[str],
     seeds: Sequence[int],
     overrides: Sequence[str],
@@ -99,8 +103,9 @@ def compare(
     table = markdown_table(results)
     (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
     (out / "comparison.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    name = scenario.stem if scenario is not None else "defaults"
     title = (
-        f"{scenario.stem}: {', '.join(strategies)} over seeds {', '.join(map(str, seeds))} "
+        f"{name}: {', '.join(strategies)} over seeds {', '.join(map(str, seeds))} "
         "(thin: a seed; thick: mean; band: min-max)"
     )
     plot_comparison(curves, out / "comparison.png", title)

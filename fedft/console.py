@@ -29,7 +29,7 @@ _FLOWER_NOTICES = (
 class _StderrHandler(logging.StreamHandler):
     """A handler that writes to the current ``sys.stderr`` (a progress line may replace it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

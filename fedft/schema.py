@@ -72,7 +72,7 @@ def _show(value: Any) -> str:
 
 def _convert(hint: Any, value: Any, key: str) -> Any:
     origin = get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, key)
     if origin is Literal:
         allowed = get_args(hint)

@@ -63,7 +63,7 @@ def chatterbot_examples(language: str = "english") -> list[Example]:
     if not files:
         languages = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise DataError(f"{_CHATTERBOT}: no language {language!r} (has {', '.join(languages)})")
-    examples = []
+    examples: list[Example] = []
     for path in files:
         for turns in _conversations(path):
             examples.extend(Example(a, b, path.stem) for a, b in itertools.pairwise(turns))

@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"format {bundle.manifest['format']}, key {bundle.key}")
     print(f"model {config['model']}, lora {config['lora']}")
     print(_sizes(bundle.path, bundle.manifest["files"]))
-    scenario = scenario_path(args)
-    if scenario is not None or args.overrides:
-        check_bundle(bundle, load_scenario(scenario, args.overrides))
+    path = scenario_path(args)
+    if path is not None or args.overrides:
+        check_bundle(bundle, load_scenario(path, args.overrides))
         print("matches the scenario")
     return 0

@@ -193,7 +193,8 @@ def _write_artifacts(
 ) -> None:
     """``generate_artifacts`` into ``out`` (created), then the optimizer-graph patches."""
     ort_training = training_runtime()
-    onnxblock, artifacts = ort_training.onnxblock, ort_training.artifacts
+    onnxblock: Any = ort_training.onnxblock  # (untyped: onnxruntime ships no type information)
+    artifacts = ort_training.artifacts
 
     class CausalLMLoss(onnxblock.Block):
         """The shifted causal-LM cross-entropy, ignore index -100."""

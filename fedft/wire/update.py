@@ -165,9 +165,9 @@ def _decode_tensor(entry: update_pb2.LoraTensor) -> torch.Tensor:
     if bad.size:
         raise _error("scales", f"row {int(bad[0])} has scale {scales[bad[0]]}", name)
     codes = np.frombuffer(entry.data, np.int8).reshape(rows, numel // rows if rows else 0)
-    bad = np.argwhere((codes == -128) | ((codes != 0) & (scales == 0)[:, None]))
-    if bad.size:
-        row, col = bad[0]
+    bad_at = np.argwhere((codes == -128) | ((codes != 0) & (scales == 0)[:, None]))
+    if bad_at.size:
+        row, col = bad_at[0]
         message = f"code {codes[row, col]} at ({row}, {col}) with row scale {scales[row]}"
         raise _error("data", message, name)
     with np.errstate(over="ignore"):

@@ -10,8 +10,9 @@ the field.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -27,7 +28,11 @@ SEED_CHOICES = {
     "derived": zo_pb2.ZO_SEED_CHOICE_DERIVED,
     "explicit": zo_pb2.ZO_SEED_CHOICE_EXPLICIT,
 }
-_INDEX_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_INDEX_DTYPES: dict[int, np.dtype[np.unsignedinteger[Any]]] = {
+    1: np.dtype("<u1"),
+    2: np.dtype("<u2"),
+    4: np.dtype("<u4"),
+}
 _FP32 = np.dtype("<f4")
 
 
@@ -53,7 +58,10 @@ def _check_uint(field: str, value: int, bits: int) -> None:
         raise _error(field, f"must be an integer in [0, 2**{bits}), got {value!r}")
 
 
-def _choice(field: str, value: str, table: dict[str, int]) -> int:
+_Enum = TypeVar("_Enum", bound=int)  # a protobuf enum (an int subclass in the generated stubs)
+
+
+def _choice(field: str, value: str, table: Mapping[str, _Enum]) -> _Enum:
     if value not in table:
         raise _error(field, f"must be one of {sorted(table)}, got {value!r}")
     return table[value]
@@ -185,8 +193,8 @@ def _decode_grads(message: zo_pb2.ZoReply) -> list[float]:
 
 def _check_expected(
     message: zo_pb2.ZoReply,
-    encodings: dict[int, str],
-    choices: dict[int, str],
+    encodings: dict[zo_pb2.ZoGradEncoding, str],
+    choices: dict[zo_pb2.ZoSeedChoice, str],
     grad_encoding: str | None,
     seed_choice: str | None,
     grad_scale: float | None,
