@@ -1,11 +1,11 @@
 """Test scaffolding: client replies built by hand and the real strategies that take them.
 
-Not a test module: ``test_hostile_replies.py`` and ``test_robust.py`` import it.
+Not a test module: ``test_hostile_replies.py``, ``test_robust.py``, ``test_bad_updates.py`` and
+``test_fedit_strategy.py`` import it.
 """
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.config import RobustSection, ZoSection
@@ -17,9 +17,6 @@ from fedft.zo.seeds import ZoRecord, derived_seed_indices, seed_pool_id
 from server.strategies.fedit import FedIT
 from server.strategies.lora_fair import LoraFair
 from server.strategies.zo import ZoStrategy
-
-# What a ServerApp process has set before it builds messages.
-TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 MODULES = ("l0.q", "l1.v")
 NAMES = [f"base_model.model.{m}.lora_{f}.weight" for m in MODULES for f in "AB"]
@@ -54,8 +51,13 @@ class Grid:
 
 
 def reply(node, content, examples=10.0, metrics=None):
+    """Node ``node``'s reply to a TRAIN instruction: ``content`` and ``metrics`` (None: no count).
+
+    Flower's task identity is set once for the test session (``tests/conftest.py``).
+    """
     instruction = Message(RecordDict({"config": ConfigRecord()}), node, MessageType.TRAIN)
-    values = {"num-examples": examples, **(metrics or {})}
+    values = {} if examples is None else {"num-examples": examples}
+    values |= metrics or {}
     content = RecordDict({**content, "metrics": MetricRecord(values)})
     return Message(content, reply_to=instruction)
 

@@ -10,23 +10,21 @@ import logging
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
-from replies import zo_edit
+from flwr.app import ConfigRecord
+from replies import Grid, array_reply, update_reply, zo_edit, zo_reply
 
 from fedft.algorithms.validation import norm_outliers, update_norm
 from fedft.config import ZoSection
-from fedft.flower_records import UPDATE_KEY, ZO_REPLY_KEY, factors_to_record, record_to_factors
+from fedft.flower_records import factors_to_record, record_to_factors
 from fedft.v1 import update_pb2
 from fedft.wire.update import encode_update
 from fedft.wire.zo_reply import encode_zo_reply
 from fedft.zo.seeds import ZoRecord, derived_seed_indices, seed_pool_id
 from server.strategies.fedit import FedIT
 
-TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-
 A, B = "base_model.model.q.lora_A.weight", "base_model.model.q.lora_B.weight"
 ROUND, RUN_SEED, BAD, NUM_CLIENTS = 1, 5, 99, 6
+NODES = [1, 2, 3, 4, BAD]  # what the Grid offers when the strategy samples
 ZO = ZoSection(pool_size=64, local_steps=4)
 PID = seed_pool_id(RUN_SEED, ROUND, ZO.pool_size)
 GLOBAL = {
@@ -35,30 +33,10 @@ GLOBAL = {
 }
 
 
-class _Grid:
-    def get_node_ids(self):
-        return [1, 2, 3, 4, BAD]
-
-
 def moved(seed, size=0.1, state=GLOBAL):
     """``state`` plus Gaussian noise of standard deviation ``size`` (a client's round)."""
     g = torch.Generator().manual_seed(seed)
     return {k: v + size * torch.randn(v.shape, generator=g) for k, v in state.items()}
-
-
-def _reply(node, content, examples=10.0):
-    instruction = Message(RecordDict({"config": ConfigRecord()}), node, MessageType.TRAIN)
-    content = RecordDict({**content, "metrics": MetricRecord({"num-examples": examples})})
-    return Message(content, reply_to=instruction)
-
-
-def array_reply(node, factors, examples=10.0):
-    record = ArrayRecord({k: v.contiguous() for k, v in factors.items()})
-    return _reply(node, {"arrays": record}, examples)
-
-
-def update_reply(node, payload, examples=10.0):
-    return _reply(node, {UPDATE_KEY: ConfigRecord({UPDATE_KEY: payload})}, examples)
 
 
 def zo_payload(client=NUM_CLIENTS - 1, steps=ZO.local_steps, **overrides):
@@ -67,10 +45,6 @@ def zo_payload(client=NUM_CLIENTS - 1, steps=ZO.local_steps, **overrides):
     args = {"pool_id": PID, "round": ROUND, "client": client, "pool_size": ZO.pool_size}
     args["grad_scale"] = ZO.grad_scale
     return encode_zo_reply(records, **(args | overrides))
-
-
-def zo_reply(node, payload, examples=10.0):
-    return _reply(node, {ZO_REPLY_KEY: ConfigRecord({"records": payload})}, examples)
 
 
 def proto(factors=GLOBAL, wire="fp32", **edit):
@@ -160,7 +134,7 @@ def run_round(replies):
         num_clients=NUM_CLIENTS,
         min_available_nodes=1,
     )
-    strategy.configure_train(ROUND, factors_to_record(GLOBAL), ConfigRecord(), _Grid())
+    strategy.configure_train(ROUND, factors_to_record(GLOBAL), ConfigRecord(), Grid(NODES))
     arrays, _ = strategy.aggregate_train(ROUND, replies)
     return record_to_factors(arrays), seen
 

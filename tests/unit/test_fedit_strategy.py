@@ -4,33 +4,23 @@ import logging
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from replies import Grid, array_reply
 
 from fedft.flower_records import factors_to_record, record_to_factors
 from server.strategies.fedit import FedIT
 
-# What a ServerApp process has set before it builds messages.
-TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-
 GLOBAL = {"m.lora_A.weight": torch.zeros(2, 3), "m.lora_B.weight": torch.zeros(3, 2)}
+NODES = [1, 2, 3, 11, 12, 13, 14, 15, 21, 31]
 
 
-class _Grid:
-    def get_node_ids(self):
-        return [1, 2, 3, 11, 12, 13, 14, 15, 21, 31]
-
-
-def _reply(node, factors, examples=10.0, metrics=None):
-    instruction = Message(RecordDict({"config": ConfigRecord()}), node, MessageType.TRAIN)
-    record = ArrayRecord({k: v.contiguous() for k, v in factors.items()})
-    metrics = MetricRecord(metrics or {"num-examples": examples, "train_loss": 1.0})
-    return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=instruction)
+def _reply(node, factors, examples=10.0):
+    return array_reply(node, factors, examples, train_loss=1.0)
 
 
 def _strategy(seen):
     strategy = FedIT(on_client=lambda r, u, b: seen.append((u.node_id, b)), min_available_nodes=1)
-    strategy.configure_train(1, factors_to_record(GLOBAL), ConfigRecord(), _Grid())
+    strategy.configure_train(1, factors_to_record(GLOBAL), ConfigRecord(), Grid(NODES))
     return strategy
 
 
@@ -49,7 +39,7 @@ def test_bad_replies_are_dropped_and_named(caplog):
                 _reply(12, nan),
                 _reply(13, wrong_shape),
                 _reply(14, good_b, examples=10),
-                _reply(15, good_a, metrics={"train_loss": 1.0}),  # no num-examples
+                _reply(15, good_a, examples=None),  # no num-examples
             ],
         )
     out = record_to_factors(arrays)
@@ -104,7 +94,7 @@ def test_the_scenario_text_goes_to_a_node_until_it_replies_and_again_after_an_er
     arrays = factors_to_record(GLOBAL)
 
     def send(server_round):
-        sent = strategy.configure_train(server_round, arrays, ConfigRecord(config), _Grid())
+        sent = strategy.configure_train(server_round, arrays, ConfigRecord(config), Grid(NODES))
         strategy.sent = list(sent)
         for k, m in enumerate(strategy.sent):
             m.metadata.__dict__["_message_id"] = f"{server_round}-{k}"
