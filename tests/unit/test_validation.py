@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fedft.algorithms.validation import validate_factors
+from fedft.algorithms.validation import FLOAT32_MAX, validate_factors
 from fedft.errors import ReplyError
 
 TEMPLATE = {"m.lora_A.weight": torch.zeros(2, 4), "m.lora_B.weight": torch.zeros(4, 2)}
@@ -11,8 +11,16 @@ def good():
     return {k: torch.randn_like(v) for k, v in TEMPLATE.items()}
 
 
-def test_good_reply_passes():
-    validate_factors(good(), TEMPLATE, 10)
+@pytest.mark.parametrize("examples", [1e-3, 10, 1e30])
+def test_a_good_reply_passes_untouched_up_to_float32_max(examples):
+    """Finite values up to float32's largest pass, any finite count > 0, and nothing is changed."""
+    reply = good()
+    reply["m.lora_A.weight"][0, 0] = FLOAT32_MAX
+    reply["m.lora_B.weight"][0, 0] = -FLOAT32_MAX
+    before = {k: v.clone() for k, v in reply.items()}
+    assert validate_factors(reply, TEMPLATE, examples) is None
+    assert reply.keys() == before.keys()
+    assert all(torch.equal(reply[k], before[k]) for k in before)
 
 
 @pytest.mark.parametrize(
