@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -111,9 +112,9 @@ def check_slots(num_blocks: int, pool_size: int) -> None:
 
 
 def _max_abs(x: Array) -> float:
-    if x.numel() if isinstance(x, torch.Tensor) else x.size:
-        return float(abs(x).max())
-    return 0.0
+    if isinstance(x, torch.Tensor):
+        return float(x.abs().max()) if x.numel() else 0.0
+    return float(np.abs(x).max()) if x.size else 0.0
 
 
 def _check_finite(flats: Sequence[Array]) -> None:
@@ -168,8 +169,8 @@ def seed_counts(flats: Sequence[Array], pool_size: int) -> list[int]:
             q = torch.round(x.to(torch.float64) * scale).to(torch.int64)
             norms.append(int((q * q).sum()))
         else:
-            q = np.rint(np.asarray(x, np.float64) * scale).astype(np.int64)
-            norms.append(int((q * q).sum()))
+            q_np = np.rint(np.asarray(x, np.float64) * scale).astype(np.int64)
+            norms.append(int((q_np * q_np).sum()))
     largest = max(norms)
     counts = []
     for n in norms:
@@ -207,11 +208,14 @@ def seed_window(
 
 def flat_blocks(tensors: Sequence[Array], blocks: Sequence[Block]) -> list[Array]:
     """Each block's tensors flattened and concatenated (a copy; torch or numpy as given)."""
-    out = []
+    out: list[Array] = []
     for block in blocks:
         parts = [tensors[t].reshape(-1) for t in range(block.first, block.last)]
-        if isinstance(parts[0], torch.Tensor):
-            out.append(torch.cat(parts) if len(parts) > 1 else parts[0].clone())
+        first = parts[0]
+        if isinstance(first, torch.Tensor):
+            # (one update's tensors are all torch or all numpy; mypy cannot see that from parts[0])
+            torch_parts = cast(list[torch.Tensor], parts)
+            out.append(torch.cat(torch_parts) if len(parts) > 1 else first.clone())
         else:
             out.append(np.concatenate(parts))
     return out

@@ -144,9 +144,12 @@ def project(flat: Array, seeds: Sequence[int], start: int) -> np.ndarray:
     np.ndarray
         float32 ``(len(seeds),)``; the same bits from torch and numpy inputs.
     """
-    torch_input = isinstance(flat, torch.Tensor)
-    count = int(flat.numel() if torch_input else flat.size)
-    peak = float(flat.abs().max()) if torch_input else float(np.abs(flat).max(initial=0.0))
+    if isinstance(flat, torch.Tensor):
+        count = flat.numel()
+        peak = float(flat.abs().max())
+    else:
+        count = int(flat.size)
+        peak = float(np.abs(flat).max(initial=0.0))
     if not np.isfinite(peak):
         raise FerretError("cannot project a non-finite update")
     exponent = grid_exponent(peak, 53 - count.bit_length())
@@ -154,14 +157,15 @@ def project(flat: Array, seeds: Sequence[int], start: int) -> np.ndarray:
     if peak == 0.0:
         return out.astype(np.float32)
     scale = 2.0**exponent
-    if torch_input:
+    q: Array  # torch or numpy as ``flat``
+    if isinstance(flat, torch.Tensor):
         q = torch.round(flat.detach().to(torch.float64).reshape(-1) * scale)
     else:
         q = np.rint(np.asarray(flat, np.float64).reshape(-1) * scale)
     rows = _rows(count)
     for j in range(0, len(seeds), rows):
         batch = seeds[j : j + rows]
-        if torch_input:
+        if isinstance(q, torch.Tensor):
             signs = sign_matrix_torch(batch, start, count, q.device)
             out[j : j + len(batch)] = (signs @ q).cpu().numpy()
         else:
@@ -182,13 +186,11 @@ def combine(
         raise FerretError(f"{len(coefficients)} coefficients for {len(seeds)} seeds")
     if not np.all(np.isfinite(coefficients)):
         raise FerretError("cannot apply non-finite coefficients")
-    torch_like = isinstance(like, torch.Tensor)
-    device = like.device if torch_like else None
     peak = float(np.abs(coefficients).max(initial=0.0))
     if peak == 0.0:
         return (
-            torch.zeros(count, dtype=torch.float64, device=device)
-            if torch_like
+            torch.zeros(count, dtype=torch.float64, device=like.device)
+            if isinstance(like, torch.Tensor)
             else (np.zeros(count, np.float64))
         )
     exponent = grid_exponent(peak, 53 - len(seeds).bit_length())
@@ -197,12 +199,14 @@ def combine(
     total: Array | None = None
     for j in range(0, len(seeds), rows):
         batch = list(seeds[j : j + rows])
-        if torch_like:
-            r = torch.from_numpy(grid[j : j + len(batch)]).to(device)
-            part = r @ sign_matrix_torch(batch, start, count, device)
+        part: Array
+        if isinstance(like, torch.Tensor):
+            r = torch.from_numpy(grid[j : j + len(batch)]).to(like.device)
+            part = r @ sign_matrix_torch(batch, start, count, like.device)
         else:
             part = grid[j : j + len(batch)] @ sign_matrix_numpy(batch, start, count)
         total = part if total is None else total + part  # integer-valued: exact
+    assert total is not None  # peak > 0, so there is at least one seed
     return total * 2.0**-exponent
 
 
@@ -213,11 +217,11 @@ def subtract_(tensors: Sequence[Array], block: Block, update: Array) -> None:
         tensor = tensors[t]
         if isinstance(tensor, torch.Tensor):
             n = tensor.numel()
-            piece = update[offset : offset + n].reshape(tensor.shape)
+            piece = torch.as_tensor(update[offset : offset + n]).reshape(tensor.shape)
             with torch.no_grad():
                 tensor.copy_((tensor.detach().to(torch.float64) - piece).to(tensor.dtype))
         else:
             n = tensor.size
-            piece = np.asarray(update[offset : offset + n]).reshape(tensor.shape)
-            tensor[...] = (tensor.astype(np.float64) - piece).astype(tensor.dtype)
+            piece_np = np.asarray(update[offset : offset + n]).reshape(tensor.shape)
+            tensor[...] = (tensor.astype(np.float64) - piece_np).astype(tensor.dtype)
         offset += n
