@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedft.adapters import factors_digest
+from fedft.factors import factors_digest
 from fedft.ferret.aggregate import (
     FerretRound,
     aggregate_coordinates,
