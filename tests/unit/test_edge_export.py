@@ -67,8 +67,8 @@ def scenario():
 
 
 @pytest.fixture(scope="module")
-def bundle(scenario, tmp_path_factory):
-    return ensure_bundle(scenario, tmp_path_factory.getbasetemp() / "edge-bundle")
+def bundle(edge_bundle):  # tests/conftest.py: the default scenario's, exported once a session
+    return edge_bundle
 
 
 def run_cli(*argv):
@@ -80,6 +80,7 @@ def run_cli(*argv):
 # ---- what a bundle holds ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_manifest_records_config_hash_and_the_torch_factor_layout(bundle, scenario):
     manifest = bundle.manifest
     assert manifest["config"] == bundle_config(scenario)
@@ -96,6 +97,7 @@ def test_manifest_records_config_hash_and_the_torch_factor_layout(bundle, scenar
     assert manifest["files"] == on_disk
 
 
+@pytest.mark.integration
 def test_checkpoint_trains_exactly_the_lora_factors(bundle):
     api = training_runtime().api
     state = api.CheckpointState.load_checkpoint(bundle.file(CHECKPOINT))
@@ -107,6 +109,7 @@ def test_checkpoint_trains_exactly_the_lora_factors(bundle):
     assert all("lora_" not in name for name in frozen)
 
 
+@pytest.mark.integration
 def test_graph_inputs_and_outputs(bundle):
     train = onnx.load(bundle.file(TRAINING_MODEL), load_external_data=False)
     assert [i.name for i in train.graph.input][:3] == ["input_ids", "attention_mask", "labels"]
@@ -119,6 +122,7 @@ def test_graph_inputs_and_outputs(bundle):
     assert not {i.name for i in forward.graph.initializer} & set(inputs)
 
 
+@pytest.mark.integration
 def test_optimizer_graph_is_torch_adamw_with_clipping_at_ir_10(bundle, scenario):
     optim = onnx.load(bundle.file(OPTIMIZER_MODEL))
     assert optim.ir_version == 10  # generate_artifacts wrote 14
@@ -132,6 +136,7 @@ def test_optimizer_graph_is_torch_adamw_with_clipping_at_ir_10(bundle, scenario)
         assert ir <= 10, name
 
 
+@pytest.mark.integration
 def test_bundle_tokenizer_encodes_like_the_torch_client(bundle, scenario):
     examples = list(federated_data(scenario).client_train[0][:20])
     _, torch_tokenizer = load_base(scenario.model, scenario.run.seed)
@@ -142,6 +147,7 @@ def test_bundle_tokenizer_encodes_like_the_torch_client(bundle, scenario):
         assert torch.equal(getattr(a, name), getattr(b, name))
 
 
+@pytest.mark.integration
 def test_ensure_bundle_reuses_a_built_bundle(bundle, scenario, monkeypatch, tmp_path):
     stamp = (bundle.path / MANIFEST).stat().st_mtime_ns
     again = ensure_bundle(scenario, bundle.path)
@@ -153,6 +159,7 @@ def test_ensure_bundle_reuses_a_built_bundle(bundle, scenario, monkeypatch, tmp_
 # ---- bundles refused -------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -168,6 +175,7 @@ def test_bundle_for_another_configuration_is_refused(bundle, override, key):
         open_bundle(bundle.path, other)
 
 
+@pytest.mark.integration
 def test_settings_outside_the_bundle_do_not_matter(bundle):
     other = load_scenario(
         DEFAULT, ["train.lr=1e-4", "model.dtype='bfloat16'", "data.max_length=16"]
@@ -175,6 +183,7 @@ def test_settings_outside_the_bundle_do_not_matter(bundle):
     assert open_bundle(bundle.path, other).key == bundle.key
 
 
+@pytest.mark.integration
 def test_incomplete_bundle_is_refused(bundle, tmp_path):
     copy = shutil.copytree(bundle.path, tmp_path / "copy")
     (copy / OPTIMIZER_MODEL).unlink()
@@ -184,6 +193,7 @@ def test_incomplete_bundle_is_refused(bundle, tmp_path):
         read_bundle(tmp_path / "nowhere")
 
 
+@pytest.mark.integration
 def test_missing_training_runtime_is_one_typed_line(bundle, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime.training", None)  # as on Python 3.12
     with pytest.raises(TrainingRuntimeMissingError) as err:
@@ -196,6 +206,7 @@ def test_missing_training_runtime_is_one_typed_line(bundle, monkeypatch):
         OrtTrainer(bundle, factors, lr=1e-3)
 
 
+@pytest.mark.integration
 def test_model_past_the_protobuf_limit_is_refused_with_what_to_do(scenario, tmp_path):
     with pytest.raises(ModelTooLargeError, match="external data.*zo clients"):
         build_bundle(scenario, tmp_path / "b", protobuf_limit=100_000)  # the tiny base: 0.35 MB
@@ -205,6 +216,7 @@ def test_model_past_the_protobuf_limit_is_refused_with_what_to_do(scenario, tmp_
 # ---- the command line ------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_cli_export_then_info(tmp_path, capsys, bundle):
     out = tmp_path / "small"
     args = ["--scenario", str(DEFAULT)] + [a for o in SMALL for a in ("--set", o)]

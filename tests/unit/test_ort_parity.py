@@ -27,7 +27,6 @@ from fedft.adapters import factor_params, get_factors, set_factors_
 from fedft.config import load_scenario
 from fedft.data import encode_examples
 from fedft.edge.bundle import FORWARD_MODEL, TOKENIZER
-from fedft.edge.cache import ensure_bundle
 from fedft.edge.ort_train import train_steps
 from fedft.edge.ort_zo import ForwardModel, evaluate_forward, ort_spsa_steps
 from fedft.models import load_base, wrap_lora
@@ -47,8 +46,8 @@ def scenario():
 
 
 @pytest.fixture(scope="module")
-def bundle(scenario, tmp_path_factory):
-    return ensure_bundle(scenario, tmp_path_factory.getbasetemp() / "edge-bundle")
+def bundle(edge_bundle):  # tests/conftest.py: the default scenario's, exported once a session
+    return edge_bundle
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +92,7 @@ def torch_batch(batch):
     return {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("rows,length", [(8, 32), (3, 17)])  # the trace used (2, 8)
 def test_eval_logits_match_torch(model, forward, start, data, rows, length):
     _, held_out = data
@@ -112,6 +112,7 @@ def test_eval_logits_match_torch(model, forward, start, data, rows, length):
     assert loss == pytest.approx(float(expected.loss), rel=1e-5)
 
 
+@pytest.mark.integration
 def test_evaluate_forward_matches_torch_evaluate(model, forward, start, data):
     _, held_out = data
     set_factors_(model, start)
@@ -143,6 +144,7 @@ def relative_update_error(got, expected, start):
     return (diff / moved) ** 0.5, moved**0.5
 
 
+@pytest.mark.integration
 def test_training_steps_match_torch(bundle, model, start, data):
     train, _ = data
     batches = numpy_batches(train, seed=5, steps=STEPS)
@@ -158,6 +160,7 @@ def test_training_steps_match_torch(bundle, model, start, data):
     assert relative_update_error(result.factors, fewer, numpy_of(start))[0] > 0.05
 
 
+@pytest.mark.integration
 def test_training_starts_from_the_given_factors_each_round(bundle, start, data):
     train, _ = data
     batches = numpy_batches(train, seed=5, steps=2)
@@ -170,6 +173,7 @@ def test_training_starts_from_the_given_factors_each_round(bundle, start, data):
     np.testing.assert_allclose(first.losses, again.losses, rtol=1e-6)
 
 
+@pytest.mark.integration
 def test_zo_records_match_the_torch_zo_step(model, forward, start, data, scenario):
     train, _ = data
     zo, steps, eps, lr = scenario.zo, 8, 1e-3, 1e-4
@@ -234,6 +238,7 @@ def test_numpy_spsa_step_is_bit_identical_to_the_torch_step():
         assert a.tobytes() == t.numpy().tobytes()
 
 
+@pytest.mark.integration
 def test_ort_zo_client_replies_like_the_torch_zo_client(bundle, start, monkeypatch):
     from clients import ort_client, ort_zo, zo_client
     from fedft.wire.zo_reply import decode_zo_reply

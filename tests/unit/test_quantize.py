@@ -170,6 +170,7 @@ def mixed_scenario(*overrides):
     return load_scenario(None, [*base, *overrides])
 
 
+@pytest.mark.integration
 def test_quantized_replies_are_indistinguishable_from_unquantized_ones():
     scenario = mixed_scenario("train.local_steps=2")
     assert [scenario.client_for(p).quantization for p in range(3)] == ["nf4", "int8", "none"]
@@ -192,6 +193,7 @@ def test_quantized_replies_are_indistinguishable_from_unquantized_ones():
         assert all(torch.equal(get_factors(model)[k], v) for k, v in reply.items())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("partition", [0, 1], ids=QUANTIZED[::-1])
 def test_a_quantized_client_trains_and_its_loss_falls(partition):
     scenario = mixed_scenario("train.local_steps=30")

@@ -78,6 +78,7 @@ def test_the_round_lr_reaches_the_torch_runtime():
     assert all(torch.equal(again[k], v) for k, v in first.items())
 
 
+@pytest.mark.integration
 def test_the_round_lr_reaches_the_ort_runtime(tmp_path, monkeypatch):
     from clients import ort_client
     from fedft.edge.cache import ensure_bundle

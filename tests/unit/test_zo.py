@@ -273,6 +273,7 @@ REPLAY_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_replay_in_another_process_from_the_wire_is_bit_exact(tmp_path):
     scale = float(F32(0.5 / 127))
     start, trained_int8, records_int8, pid = train(grad_scale=scale)
