@@ -12,6 +12,17 @@ from fedft.config import BACKENDS
 from fedft.deploy.processes import DEFAULT_CONTROL_PORT, DEFAULT_FLEET_PORT, DEFAULT_RUNTIME_PORT
 
 COMMANDS = ("certs", "server", "client")
+DEFAULT_MAX_WAIT_S = 600.0  # a server restarted with --resume is back well within it
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -81,7 +92,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="the SuperNode's local Runtime API port (one per SuperNode on a machine)",
     )
     client.add_argument(
-        "--max-wait", type=float, metavar="S", help="give up after S s without the server"
+        "--max-wait",
+        type=_seconds,
+        default=DEFAULT_MAX_WAIT_S,
+        metavar="S",
+        help="give up after S s without reaching the server, at the start or mid-run "
+        "(0: never give up)",
     )
     for parser in (certs, server, client):
         add_verbose(parser)
@@ -161,6 +177,7 @@ def _client(args: argparse.Namespace) -> int:
         data=args.data,
         auth_key=args.auth_key,
         runtime_port=args.runtime_port,
-        max_wait_s=args.max_wait,
+        max_wait_s=args.max_wait or None,
+        verbose=args.verbose,
     )
     return join(opts)

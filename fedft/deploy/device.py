@@ -15,6 +15,9 @@ its node config. These keys are what the ClientApp reads from ``context.node_con
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +35,11 @@ from fedft.deploy.processes import (
     stop,
     supernode_command,
 )
+from fedft.deploy.supernode_output import SupernodeOutput, relay
 from fedft.errors import ConfigError
 
 log = logging.getLogger("fedft")
+GAVE_UP_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,8 @@ class ClientOptions:
     data: Path | None
     auth_key: Path | None
     runtime_port: int
-    max_wait_s: float | None
+    max_wait_s: float | None  # None: retry an unreachable server for ever
+    verbose: bool = False
 
 
 def ca_cert(certs: Path) -> Path:
@@ -98,6 +104,22 @@ def node_config(opts: ClientOptions) -> dict[str, int | str]:
     return entries
 
 
+def _wait(supernode: subprocess.Popen, output: SupernodeOutput) -> int | None:
+    """The SuperNode's exit code; None if it gave up on the server but did not exit.
+
+    Flower 1.39's SuperNode that gives up mid-run logs the failed call and then hangs (it does
+    not exit): :data:`GAVE_UP_GRACE_S` seconds after giving up it is stopped.
+    """
+    while True:
+        try:
+            return supernode.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        gave_up = output.gave_up_at
+        if gave_up is not None and time.monotonic() - gave_up > GAVE_UP_GRACE_S:
+            return None
+
+
 def join(opts: ClientOptions) -> int:
     """Run the SuperNode until it exits or this process is stopped; return its exit code."""
     entries = node_config(opts)
@@ -109,13 +131,19 @@ def join(opts: ClientOptions) -> int:
     cmd = supernode_command(opts.server, ca, entries, opts.runtime_port, key, opts.max_wait_s)
     mode = "TLS" if ca is not None else "INSECURE, no TLS"
     log.info("fedft: joining %s (gRPC, %s) as partition %d", opts.server, mode, opts.partition_id)
-    supernode = start(cmd, flower_env())
+    output = SupernodeOutput(opts.server, opts.max_wait_s, opts.verbose)
+    supernode = start(cmd, flower_env(), subprocess.PIPE)
+    assert supernode.stdout is not None
+    copying = relay(supernode.stdout, output, sys.stderr)
     try:
-        code = supernode.wait()
+        code = _wait(supernode, output)
     except KeyboardInterrupt:
         return 130
     finally:
         stop(supernode)
-    if code != 0:
+        copying.join(timeout=10)  # everything below the SuperNode is gone: the pipe closes
+    if (gave_up := output.gave_up_message()) is not None:
+        raise ProcessError(gave_up)
+    if code is None or code != 0:
         raise ProcessError(f"the SuperNode exited with code {code} (its log is above)")
     return 0

@@ -136,9 +136,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child, before 
 
 
 def start(
-    cmd: Sequence[str], env: Mapping[str, str], log: IO[bytes] | None = None
+    cmd: Sequence[str], env: Mapping[str, str], log: IO[bytes] | int | None = None
 ) -> subprocess.Popen:
-    """Start ``cmd``; its output goes to ``log`` (a file) or to this process's own.
+    """Start ``cmd``; its output goes to ``log`` or to this process's own.
+
+    ``log`` is a file, or ``subprocess.PIPE``: stdout and stderr both into ``proc.stdout``.
 
     The process gets a session of its own, so Ctrl-C reaches fedft alone, which then stops it
     and everything it started (:func:`stop`). On Linux it runs under :mod:`watchdog`, which
@@ -155,7 +157,7 @@ def start(
             argv,
             env=dict(env),
             stdout=log,
-            stderr=log,
+            stderr=subprocess.STDOUT if log == subprocess.PIPE else log,
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
