@@ -68,7 +68,7 @@ def resolve_gguf(path: str) -> Path:
         raise ConfigError(
             "model.path", f"package {dist_name!r} ships {len(files)} .gguf files, not 1"
         )
-    return Path(dist.locate_file(files[0]))
+    return Path(str(dist.locate_file(files[0])))
 
 
 def tiny_model(
@@ -94,7 +94,8 @@ def tiny_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    return model.to(_DTYPES[model_cfg.dtype]), tokenizer
+    # transformers wraps Module.to with functools.wraps, whose type then takes self as argument 1
+    return model.to(_DTYPES[model_cfg.dtype]), tokenizer  # type: ignore[arg-type]
 
 
 def gguf_as_hf_folder(gguf: Path) -> Path:
@@ -116,7 +117,8 @@ def gguf_as_hf_folder(gguf: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # The weights are dequantized to float on load; only transformers' "gguf" marker remains,
         # and it refuses to save. Drop the marker so the float weights save as a normal folder.
-        model.hf_quantizer = None
+        # (torch annotates Module.__setattr__ values as Tensor | Module; it stores any value)
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(staging)
@@ -179,7 +181,7 @@ def peft_lora_config(lora_cfg: LoraConfig, base_ref: str | None = None) -> PeftL
     """The peft ``LoraConfig`` for fedft's LoRA settings."""
     return PeftLoraConfig(
         r=lora_cfg.rank,
-        lora_alpha=lora_cfg.alpha,
+        lora_alpha=lora_cfg.alpha,  # type: ignore[arg-type]  # peft says int; it uses alpha / r
         lora_dropout=lora_cfg.dropout,
         target_modules=list(lora_cfg.target_modules),
         task_type="CAUSAL_LM",
@@ -219,5 +221,6 @@ def load_peft_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # every process builds the same initial adapter
         peft_model = wrap_lora(model, lora_cfg)
-    peft_model.fedft_initial_factors = get_factors(peft_model)
+    # (torch annotates Module.__setattr__ values as Tensor | Module; it stores any value)
+    peft_model.fedft_initial_factors = get_factors(peft_model)  # type: ignore[assignment]
     return peft_model, tokenizer

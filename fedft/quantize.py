@@ -53,6 +53,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
@@ -254,7 +255,7 @@ def _weight_only_int8_class() -> type:
 
     Built on first use: this module must import without bitsandbytes (to report it missing).
     """
-    bnb = require_bitsandbytes()
+    bnb: Any = require_bitsandbytes()  # (imported at run time: its classes are Any to mypy)
 
     class WeightOnlyLinear8bitLt(bnb.nn.Linear8bitLt):
         """An int8 linear layer that multiplies by the dequantized weight in every mode.
@@ -262,6 +263,8 @@ def _weight_only_int8_class() -> type:
         bitsandbytes reads ``self.training`` to pick its kernel; the flag means nothing else to
         this layer (no dropout, no running state), so its forward runs with the flag set.
         """
+
+        training: bool  # nn.Module's flag (declared for mypy: the base class is Any to it)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             mode, self.training = self.training, True
@@ -294,7 +297,7 @@ def dequantized_weight(module: torch.nn.Module) -> torch.Tensor:
         If ``module`` is not a bitsandbytes ``Linear4bit`` or ``Linear8bitLt``.
     """
     bnb = require_bitsandbytes()
-    weight = module.weight
+    weight: Any = module.weight  # a bitsandbytes Params4bit or Int8Params (untyped here)
     if isinstance(module, bnb.nn.Linear4bit):
         return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
     if isinstance(module, bnb.nn.Linear8bitLt):
