@@ -1,4 +1,8 @@
-"""A real Flower simulation (Ray backend) of the tiny model, end to end through the CLI."""
+"""A real Flower simulation (Ray backend) of the tiny model, end to end through the CLI.
+
+One run serves every test here: 3 clients on a Dirichlet split, 2 rounds, an adapter saved every
+round (``run.save_every = 1``) and the cosine schedule (issue 12, item 11).
+"""
 
 import json
 import re
@@ -8,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel
+from peft import AutoPeftModelForCausalLM, PeftModel
 from transformers import AutoModelForCausalLM
 
 from fedft.adapters import get_factors
 from fedft.config import load_scenario
 from fedft.data import encode_examples
+from fedft.schedule import round_lr
 from fedft.task import federated_data
 from fedft.train import evaluate
 
@@ -30,6 +35,9 @@ def run_dir(tmp_path_factory):
         "partition.method='dirichlet'",
         "partition.alpha=0.3",
         "train.local_steps=15",
+        "run.save_every=1",
+        "train.lr_schedule='cosine'",
+        "train.lr_min=1e-4",
     ]
     args = [sys.executable, "-m", "fedft.cli", "simulate", str(ROOT / "simulations/default.toml")]
     for o in overrides:
@@ -117,3 +125,40 @@ def test_adapter_tokenizer_prompts_as_training_did(run_dir):
             example.prompt, trained_with, scenario.data.template
         )
     assert "round 2 of 2" in (run_dir / "adapter" / "README.md").read_text()
+
+
+# ---- run.save_every = 1 and the cosine schedule ----------------------------------------------
+
+
+def load(run_dir, folder):
+    base = AutoModelForCausalLM.from_pretrained(run_dir / "base_model")
+    return get_factors(PeftModel.from_pretrained(base, run_dir / folder))
+
+
+def test_an_adapter_for_every_round_loads(run_dir):
+    first, second = load(run_dir, "adapters/round-1"), load(run_dir, "adapters/round-2")
+    final = load(run_dir, "adapter")
+    assert all(torch.equal(second[k], final[k]) for k in final)
+    assert not all(torch.equal(first[k], second[k]) for k in final)
+    for r in (1, 2):
+        folder = run_dir / "adapters" / f"round-{r}"
+        assert f"round {r} of 2" in (folder / "README.md").read_text()
+        assert (folder / "tokenizer.json").is_file()
+        config = json.loads((folder / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == "base_model"
+
+
+def test_round_adapter_loads_with_auto_peft_from_the_run_folder(run_dir, monkeypatch):
+    monkeypatch.chdir(run_dir)
+    model = AutoPeftModelForCausalLM.from_pretrained("adapters/round-1")
+    got = get_factors(model)
+    assert all(torch.equal(got[k], v) for k, v in load(run_dir, "adapters/round-1").items())
+
+
+def test_clients_trained_with_the_cosine_rate_of_each_round(run_dir):
+    scenario = load_scenario(run_dir / "config.toml")
+    clients = rows(run_dir, "client")
+    assert len(clients) == 6
+    for row in clients:
+        assert row["lr"] == pytest.approx(round_lr(scenario.train, row["round"], 2), rel=1e-12)
+    assert clients[-1]["lr"] == pytest.approx(1e-4)  # the last round trains at lr_min
