@@ -65,8 +65,9 @@ def test_ctrl_c_stops_within_seconds_and_prints_the_resume_command(tmp_path):
         os.execve(sys.executable, args, env)
     seen, code = bytearray(), None
     try:
-        assert read_until(fd, r"round 2/6 \|", 600, seen), seen.decode(errors="replace")
-        time.sleep(2)  # into round 3's training
+        # round 1 kept: Ctrl-C during round 2's training (one round is all the check needs)
+        assert read_until(fd, r"round 1/6 \|", 600, seen), seen.decode(errors="replace")
+        time.sleep(2)  # into round 2's training
         assert "clients done" in seen.decode(errors="replace")  # the progress line on a terminal
         family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
         assert len(family) > 2  # Ray's processes and its workers are running
@@ -85,7 +86,7 @@ def test_ctrl_c_stops_within_seconds_and_prints_the_resume_command(tmp_path):
     assert code == 130, text
     assert stopped_s < 60, text
     kept = checkpoint_round(run_dir)
-    assert kept is not None and kept >= 2
+    assert kept is not None and kept >= 1
     assert f"keeps round {kept} of 6" in text
     assert f"continue with: fedft simulate --resume {run_dir}" in text
     assert "Traceback" not in text, text
