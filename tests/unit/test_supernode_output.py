@@ -4,6 +4,8 @@ import io
 import subprocess
 import sys
 
+import pytest
+
 from fedft.deploy.cli import DEFAULT_MAX_WAIT_S
 from fedft.deploy.supernode_output import SupernodeOutput, relay
 
@@ -87,6 +89,7 @@ def test_verbose_keeps_flowers_retry_lines_beside_fedfts():
     ]
 
 
+@pytest.mark.integration
 def test_relay_copies_a_real_pipe_until_it_closes():
     child = subprocess.Popen(
         [sys.executable, "-c", f"import sys; print({RETRY.format(1.0)!r}, file=sys.stderr)"],
