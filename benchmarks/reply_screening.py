@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from clients.torch_client import train_round
+from clients.runtimes.torch_lora import TorchLora
 from fedft.algorithms.fedavg import weighted_average
 from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.algorithms.lora_fair_state import lora_fair_aggregate
@@ -64,7 +64,8 @@ def main() -> None:
     replies = []
     for pid in range(args.clients):
         started = time.perf_counter()
-        factors, metrics = train_round(scenario, pid, start, 1)
+        trained = TorchLora().train_round(scenario, pid, start, 1, node=pid)
+        factors, metrics = trained.factors, trained.metrics
         norm = update_norm(factors, start)
         replies.append((factors, metrics["num-examples"]))
         headroom = robust.max_relative_update * size / norm

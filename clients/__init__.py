@@ -1,4 +1,4 @@
-"""fedft's Flower ClientApp and its client runtimes."""
+"""fedft's Flower ClientApp (:mod:`clients.app`) and its runtimes (:mod:`clients.runtimes`)."""
 
 from fedft.console import quiet_worker
 

@@ -1,23 +1,22 @@
-"""fedft's Flower ClientApp: translate messages to and from the client runtime."""
+"""fedft's Flower ClientApp: translate messages to and from the node's client runtime.
+
+A train message becomes the round's start factors (:mod:`clients.zo_sync` in a zo run), the node's
+runtime (:func:`clients.runtimes.runtime_for`, by its backend) trains, and its reply
+(:mod:`clients.replies`) becomes the message content. Every node evaluates with torch.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import ort_client, ort_zo, torch_client, zo_client, zo_sync
+from clients import zo_sync
+from clients.runtimes import runtime_for, torch_lora
 from fedft.config import Scenario
-from fedft.flower_records import (
-    UPDATE_KEY,
-    ZO_REPLY_KEY,
-    config_to_scenario,
-    factors_to_record,
-    record_to_factors,
-)
-from fedft.wire.update import encode_update
+from fedft.flower_records import config_to_scenario, record_to_factors
 
 app = ClientApp()
 
@@ -55,46 +54,27 @@ def own_data_scenario(scenario: Scenario, partition_id: int, data_path: str) -> 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the global LoRA factors on this node's partition and reply with the new ones."""
+    """Train the round on this node's partition with its runtime; reply with the update."""
     scenario, partition_id = _setup(msg, context)
     server_round = int(msg.content["config"]["server-round"])
+    node = int(context.node_config["partition-id"])  # unique per node, even on own data
     node_backend = str(context.node_config.get("backend", ""))  # `fedft client --backend`
     backend = node_backend or scenario.client_for(partition_id).backend
-    if scenario.federation.strategy == "zo" or backend == "zo":
-        if scenario.federation.strategy == "zo":
-            start = zo_sync.synced_factors(scenario, context, msg)
-        else:
-            start = record_to_factors(msg.content["arrays"])
-        # An `ort` device in a zo run steps forward-only with ONNX Runtime (same generator, same
-        # records); `zo` and `torch` clients step with torch.
-        zo_runtime = ort_zo if backend == "ort" else zo_client
-        client = int(context.node_config["partition-id"])  # unique per node, even on own data
-        payload, _, metrics = zo_runtime.train_round_zo(
-            scenario, partition_id, client, start, server_round
-        )
-        metrics["partition"] = float(partition_id)
-        zo_reply = ConfigRecord({"records": payload})
-        content = RecordDict({ZO_REPLY_KEY: zo_reply, "metrics": MetricRecord(metrics)})
-        return Message(content=content, reply_to=msg)
-    factors = record_to_factors(msg.content["arrays"])
-    runtime = ort_client if backend == "ort" else torch_client
-    new_factors, metrics = runtime.train_round(scenario, partition_id, factors, server_round)
-    metrics["partition"] = float(partition_id)
-    encoding = scenario.federation.update_encoding
-    if encoding == "fp32_array":
-        content = RecordDict({"arrays": factors_to_record(new_factors)})
-    else:  # a fedft.v1.LoraUpdate message (fp32, or int8 with one scale per row)
-        update = ConfigRecord({UPDATE_KEY: encode_update(new_factors, encoding)})
-        content = RecordDict({UPDATE_KEY: update})
-    content["metrics"] = MetricRecord(metrics)
-    return Message(content=content, reply_to=msg)
+    zo_run = scenario.federation.strategy == "zo"
+    if zo_run:  # the server sends what this node missed: history to replay, or factors
+        start = zo_sync.synced_factors(scenario, context, msg)
+    else:
+        start = record_to_factors(msg.content["arrays"])
+    runtime = runtime_for(backend, zo_run)
+    reply = runtime.train_round(scenario, partition_id, start, server_round, node)
+    return Message(content=reply.content(scenario, partition_id), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global LoRA factors on this node's eval split."""
     scenario, partition_id = _setup(msg, context)
-    result = torch_client.evaluate_round(
+    result = torch_lora.evaluate_round(
         scenario, partition_id, record_to_factors(msg.content["arrays"])
     )
     metrics = {

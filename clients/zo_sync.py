@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from flwr.app import ConfigRecord, Context, Message
 
-from clients.torch_client import client_model
+from clients.runtimes.torch_lora import client_model
 from fedft.config import Scenario
 from fedft.errors import ReplyError
 from fedft.flower_records import (

@@ -328,6 +328,8 @@ class TrainConfig:
 
 
 BACKENDS = ("torch", "ort", "zo")
+"""``client.backend`` names: each has its runtimes in ``clients/runtimes/`` (registered by these
+names; ``tests/unit/test_runtime_registry.py`` checks the two agree)."""
 QUANTIZATIONS = ("none", "int8", "nf4")
 
 

@@ -240,20 +240,26 @@ def test_numpy_spsa_step_is_bit_identical_to_the_torch_step():
 
 @pytest.mark.integration
 def test_ort_zo_client_replies_like_the_torch_zo_client(bundle, start, monkeypatch):
-    from clients import ort_client, ort_zo, zo_client
+    from clients.runtimes import ort_lora
+    from clients.runtimes.ort_zo import OrtZo
+    from clients.runtimes.torch_zo import TorchZo
     from fedft.wire.zo_reply import decode_zo_reply
 
     scenario = load_scenario(
         ROOT / "simulations" / "default.toml", ["zo.grad_encoding='fp32'", "zo.local_steps=6"]
     )
-    monkeypatch.setenv(ort_client.BUNDLE_ENV, str(bundle.path))  # a device's bundle
-    ort_client.edge_bundle.cache_clear()
+    monkeypatch.setenv(ort_lora.BUNDLE_ENV, str(bundle.path))  # a device's bundle
+    ort_lora.edge_bundle.cache_clear()
     try:
-        ort_payload, ort_factors, ort_metrics = ort_zo.train_round_zo(scenario, 1, 777, start, 2)
+        ort = OrtZo().train_round(scenario, 1, start, 2, node=777)
     finally:
-        ort_client.edge_bundle.cache_clear()
-    torch_payload, torch_factors, torch_metrics = zo_client.train_round_zo(
-        scenario, 1, 777, start, 2
+        ort_lora.edge_bundle.cache_clear()
+    torch_reply = TorchZo().train_round(scenario, 1, start, 2, node=777)
+    ort_payload, ort_factors, ort_metrics = ort.payload, ort.factors, ort.metrics
+    torch_payload, torch_factors, torch_metrics = (
+        torch_reply.payload,
+        torch_reply.factors,
+        torch_reply.metrics,
     )
     ours = decode_zo_reply(ort_payload, scenario.zo.pool_size, 6, round=2)
     theirs = decode_zo_reply(torch_payload, scenario.zo.pool_size, 6, round=2)

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clients import torch_client
+from clients.runtimes import torch_lora
+from clients.runtimes.torch_lora import TorchLora
 from fedft.adapters import factor_params, get_factors, set_factors_
 from fedft.algorithms.validation import validate_factors
 from fedft.config import LoraConfig, ModelConfig, TinyModelConfig, load_scenario
@@ -174,7 +175,7 @@ def mixed_scenario(*overrides):
 def test_quantized_replies_are_indistinguishable_from_unquantized_ones():
     scenario = mixed_scenario("train.local_steps=2")
     assert [scenario.client_for(p).quantization for p in range(3)] == ["nf4", "int8", "none"]
-    models = {p: torch_client.client_model(scenario, p)[0] for p in range(3)}
+    models = {p: torch_lora.client_model(scenario, p)[0] for p in range(3)}
     assert len({id(m) for m in models.values()}) == 3
     template = get_factors(models[2])
     start = random_factors(models[2])
@@ -182,7 +183,8 @@ def test_quantized_replies_are_indistinguishable_from_unquantized_ones():
         assert get_factors(model).keys() == template.keys()
         # every process builds the same initial adapter, quantized or not
         assert all(torch.equal(get_factors(model)[k], v) for k, v in template.items())
-        factors, metrics = torch_client.train_round(scenario, partition, start, 1)
+        trained = TorchLora().train_round(scenario, partition, start, 1, node=partition)
+        factors, metrics = trained.factors, trained.metrics
         reply = record_to_factors(factors_to_record(factors))  # through the wire format
         validate_factors(reply, template, metrics["num-examples"])
         assert all(reply[k].dtype == torch.float32 for k in reply)
@@ -197,12 +199,13 @@ def test_quantized_replies_are_indistinguishable_from_unquantized_ones():
 @pytest.mark.parametrize("partition", [0, 1], ids=QUANTIZED[::-1])
 def test_a_quantized_client_trains_and_its_loss_falls(partition):
     scenario = mixed_scenario("train.local_steps=30")
-    model, _ = torch_client.client_model(scenario, partition)
+    model, _ = torch_lora.client_model(scenario, partition)
     assert quantized_layers(model)
     start = get_factors(model)
-    before = torch_client.evaluate_round(scenario, partition, start).loss
-    factors, metrics = torch_client.train_round(scenario, partition, start, 1)
-    after = torch_client.evaluate_round(scenario, partition, factors).loss
+    before = torch_lora.evaluate_round(scenario, partition, start).loss
+    trained = TorchLora().train_round(scenario, partition, start, 1, node=partition)
+    factors, metrics = trained.factors, trained.metrics
+    after = torch_lora.evaluate_round(scenario, partition, factors).loss
     assert metrics["steps"] == 30
     assert after < before - 1.0, (before, after)  # measured: 4.6 -> about 1.7
 

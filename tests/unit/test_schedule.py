@@ -60,7 +60,11 @@ def small_scenario(**train):
 
 def test_the_round_lr_reaches_the_torch_runtime():
     """Round 2 of 2 under cosine with lr_min = 0 trains at lr 0: the factors do not move."""
-    from clients.torch_client import client_model, train_round
+    from clients.runtimes.torch_lora import TorchLora, client_model
+
+    def train_round(sc, partition_id, start, server_round):
+        reply = TorchLora().train_round(sc, partition_id, start, server_round, node=partition_id)
+        return reply.factors, reply.metrics
 
     sc = small_scenario(lr_schedule="cosine", lr=1e-2, lr_min=0.0)
     model, _ = client_model(sc, 0)
@@ -80,25 +84,30 @@ def test_the_round_lr_reaches_the_torch_runtime():
 
 @pytest.mark.integration
 def test_the_round_lr_reaches_the_ort_runtime(tmp_path, monkeypatch):
-    from clients import ort_client
+    from clients.runtimes import ort_lora
+    from clients.runtimes.ort_lora import OrtLora
     from fedft.edge.cache import ensure_bundle
 
+    def train_round(sc, partition_id, start, server_round):
+        reply = OrtLora().train_round(sc, partition_id, start, server_round, node=partition_id)
+        return reply.factors, reply.metrics
+
     sc = small_scenario(lr_schedule="cosine", lr=1e-2, lr_min=0.0)
-    monkeypatch.setenv(ort_client.BUNDLE_ENV, str(ensure_bundle(sc, tmp_path / "bundle").path))
-    ort_client.edge_bundle.cache_clear()
-    ort_client.client_datasets.cache_clear()
-    from clients.torch_client import client_model
+    monkeypatch.setenv(ort_lora.BUNDLE_ENV, str(ensure_bundle(sc, tmp_path / "bundle").path))
+    ort_lora.edge_bundle.cache_clear()
+    ort_lora.client_datasets.cache_clear()
+    from clients.runtimes.torch_lora import client_model
 
     model, _ = client_model(sc, 0)
     start = {k: v + 0.01 * torch.randn_like(v) for k, v in get_factors(model).items()}
-    last, metrics = ort_client.train_round(sc, 0, start, server_round=2)
+    last, metrics = train_round(sc, 0, start, server_round=2)
     assert metrics["lr"] == 0.0
     assert all(torch.equal(last[k], v) for k, v in start.items())
-    first, metrics = ort_client.train_round(sc, 0, start, server_round=1)
+    first, metrics = train_round(sc, 0, start, server_round=1)
     assert metrics["lr"] == pytest.approx(0.5e-2)
     assert not all(torch.equal(first[k], v) for k, v in start.items())
-    ort_client.edge_bundle.cache_clear()
-    ort_client.client_datasets.cache_clear()
+    ort_lora.edge_bundle.cache_clear()
+    ort_lora.client_datasets.cache_clear()
 
 
 def test_model_card_states_the_schedule():

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clients.torch_client import client_model
-from clients.zo_client import train_round_zo
+from clients.runtimes.torch_lora import client_model
+from clients.runtimes.torch_zo import TorchZo
 from fedft.config import load_scenario
 from fedft.errors import ConfigError
 from fedft.wire.zo_reply import decode_zo_reply
@@ -26,7 +26,8 @@ def test_module_weights_step_and_rebuild_exactly(tmp_path):
     model, _ = client_model(scenario, 0)
     start = initial_state(model, ["lm_head"])
     assert list(start) == ["base_model.model.lm_head.base_layer.weight"]
-    payload, end, metrics = train_round_zo(scenario, 0, 77, start, server_round=1)
+    zo_reply = TorchZo().train_round(scenario, 0, start, server_round=1, node=77)
+    payload, end = zo_reply.payload, zo_reply.factors
     reply = decode_zo_reply(payload, scenario.zo.pool_size, scenario.zo.local_steps)
     assert len(payload) <= 6 + 64 and len(reply.records) == 6
     rebuilt = rebuild_factors(start, reply.records, scenario.zo, scenario.run.seed, 1)

@@ -1,4 +1,4 @@
-"""One zo client round as the server announced it, shared by the torch and ONNX Runtime clients.
+"""One zo client round as the server announced it, shared by the torch and ONNX Runtime runtimes.
 
 Both runtimes take the same seeds (the round's pool, per-step indices derived from the client's
 index), the same batches, and reply with the same message and metrics: only the forward pass
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from clients.replies import ZoReply
 from fedft.config import Scenario
 from fedft.factors import factors_digest
 from fedft.task import batch_seed
@@ -60,8 +61,8 @@ def reply(
     end: Mapping[str, torch.Tensor],
     num_examples: int,
     train_s: float,
-) -> tuple[bytes, dict[str, float]]:
-    """The encoded ``fedft.v1.ZoReply`` and the round's metrics (with start/end digests)."""
+) -> ZoReply:
+    """The round's reply: the encoded ``fedft.v1.ZoReply``, ``end`` and the metrics (digests)."""
     zo = plan.scenario.zo
     payload = encode_zo_reply(
         records,
@@ -82,4 +83,4 @@ def reply(
         "steps": float(len(records)),
         "train_s": train_s,
     }
-    return payload, metrics
+    return ZoReply(dict(end), metrics, payload)

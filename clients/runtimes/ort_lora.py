@@ -1,6 +1,7 @@
-"""The ort client runtime: LoRA training of the scenario's model with ONNX Runtime's training API.
+"""The ort runtime: LoRA training of the scenario's model with ONNX Runtime's training API.
 
-The same round as :mod:`clients.torch_client` (same batches, same AdamW and clipping, same reply)
+:class:`OrtLora` is ``client.backend = "ort"``'s runtime in first-order runs: the same round as
+:mod:`clients.runtimes.torch_lora` (same batches, same AdamW and clipping, same reply)
 on an edge bundle instead of a torch model. The bundle is the folder named by the environment
 variable ``FEDFT_EDGE_BUNDLE`` (a device given one by ``fedft edge export``; it must match the run's
 configuration), else the cache folder of the configuration, built on first use (simulations).
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
+from clients.replies import FactorReply
+from clients.runtimes import ClientRuntime, register_runtime
 from fedft.config import Scenario
 from fedft.data import EncodedDataset
 from fedft.edge.bundle import FORWARD_MODEL, TOKENIZER, EdgeBundle, open_bundle
@@ -69,44 +72,50 @@ def _numpy_factors(factors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]
     return {name: t.detach().to("cpu", torch.float32).numpy() for name, t in factors.items()}
 
 
-def train_round(
-    scenario: Scenario,
-    partition_id: int,
-    global_factors: Mapping[str, torch.Tensor],
-    server_round: int,
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Start from the global factors, train the round's local steps, return factors and metrics.
+@register_runtime("ort", "first_order")
+class OrtLora(ClientRuntime):
+    """LoRA training with ONNX Runtime's training API on the run's edge bundle."""
 
-    Mirrors :func:`clients.torch_client.train_round`: the same batches (same seed), the same
-    metrics; ``train_s`` includes the round's session setup (a fresh optimizer state each round).
-    """
-    bundle = edge_bundle(scenario)
-    train_set, eval_set = client_datasets(scenario, partition_id)
-    cfg, threads = scenario.train, scenario.simulation.threads_per_client
-    seed = batch_seed(scenario, server_round, partition_id)  # as torch's
-    batches = train_set.batches(cfg.batch_size, seed=seed, steps=cfg.local_steps)
-    lr = round_lr(cfg, server_round, scenario.federation.num_rounds)  # as torch's
-    started = time.perf_counter()
-    result = train_steps(
-        bundle, _numpy_factors(global_factors), _numpy_batches(batches), lr, threads
-    )
-    train_s = time.perf_counter() - started
-    steps = len(result.losses)
-    metrics = {
-        "train_loss": sum(result.losses) / max(steps, 1),
-        "num-examples": float(len(train_set)),
-        "examples": float(len(train_set)),
-        "steps": float(steps),
-        "train_s": train_s,
-        "base_bytes": float(bundle.manifest["base_bytes"]),
-    }
-    if cfg.lr_schedule != "constant":
-        metrics["lr"] = lr
-    if len(eval_set):
-        model = forward_model(bundle.file(FORWARD_MODEL), threads)
-        local = evaluate_forward(model, result.factors, eval_set, cfg.batch_size * 4)
-        metrics["local_eval_loss"] = local.loss
-    return {name: torch.from_numpy(a) for name, a in result.factors.items()}, metrics
+    def train_round(
+        self,
+        scenario: Scenario,
+        partition_id: int,
+        start: Mapping[str, torch.Tensor],
+        server_round: int,
+        node: int,
+    ) -> FactorReply:
+        """Start from the global factors, train the round's local steps, reply with the new ones.
+
+        Mirrors :class:`clients.runtimes.torch_lora.TorchLora`: the same batches (same seed), the
+        same metrics; ``train_s`` includes the round's session setup (a fresh optimizer state each
+        round).
+        """
+        bundle = edge_bundle(scenario)
+        train_set, eval_set = client_datasets(scenario, partition_id)
+        cfg, threads = scenario.train, scenario.simulation.threads_per_client
+        seed = batch_seed(scenario, server_round, partition_id)  # as torch's
+        batches = train_set.batches(cfg.batch_size, seed=seed, steps=cfg.local_steps)
+        lr = round_lr(cfg, server_round, scenario.federation.num_rounds)  # as torch's
+        started = time.perf_counter()
+        result = train_steps(bundle, _numpy_factors(start), _numpy_batches(batches), lr, threads)
+        train_s = time.perf_counter() - started
+        steps = len(result.losses)
+        metrics = {
+            "train_loss": sum(result.losses) / max(steps, 1),
+            "num-examples": float(len(train_set)),
+            "examples": float(len(train_set)),
+            "steps": float(steps),
+            "train_s": train_s,
+            "base_bytes": float(bundle.manifest["base_bytes"]),
+        }
+        if cfg.lr_schedule != "constant":
+            metrics["lr"] = lr
+        if len(eval_set):
+            model = forward_model(bundle.file(FORWARD_MODEL), threads)
+            local = evaluate_forward(model, result.factors, eval_set, cfg.batch_size * 4)
+            metrics["local_eval_loss"] = local.loss
+        factors = {name: torch.from_numpy(a) for name, a in result.factors.items()}
+        return FactorReply(factors, metrics)
 
 
 def evaluate_round(

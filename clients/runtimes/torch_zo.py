@@ -1,4 +1,6 @@
-"""The zeroth-order client runtime: SPSA steps on the LoRA factors, replying with bytes.
+"""The torch zeroth-order runtime: SPSA steps on the LoRA factors, replying with bytes.
+
+:class:`TorchZo` is the runtime of ``client.backend = "zo"``, and of ``torch`` nodes in a zo run.
 
 Forward passes only (MeZO), so memory stays at inference level and the base may be quantized.
 Each local step ``t`` uses the seed ``pool[index_t]`` with ``index_t`` derived from (pool, round,
@@ -13,8 +15,10 @@ from collections.abc import Mapping
 
 import torch
 
-from clients.torch_client import client_datasets, client_model
-from clients.zo_round import plan_round, reply
+from clients.replies import ZoReply
+from clients.runtimes import ClientRuntime, register_runtime
+from clients.runtimes.torch_lora import client_datasets, client_model
+from clients.runtimes.zo_round import plan_round, reply
 from fedft.config import Scenario
 from fedft.devices import select_device
 from fedft.wire.order import zo_order
@@ -23,24 +27,35 @@ from fedft.zo.step import spsa_step_
 from fedft.zo.trainable import initial_state, set_trainable_, trainable_params, trainable_state
 
 
-def train_round_zo(
+@register_runtime("zo", "zeroth_order")
+@register_runtime("torch", "zeroth_order")
+class TorchZo(ClientRuntime):
+    """SPSA steps on the trainable tensors of the torch model (the base may be quantized)."""
+
+    def train_round(
+        self,
+        scenario: Scenario,
+        partition_id: int,
+        start: Mapping[str, torch.Tensor],
+        server_round: int,
+        node: int,
+    ) -> ZoReply:
+        """Run ``zo.local_steps`` SPSA steps from ``start``.
+
+        ``partition_id`` picks the data, ``node`` (its index in the scenario) the seeds: see
+        :func:`clients.runtimes.zo_round.plan_round`. The reply's factors, the ones the client
+        ends with, equal bit for bit what the server rebuilds from its records.
+        """
+        return _train_round_zo(scenario, partition_id, node, start, server_round)
+
+
+def _train_round_zo(
     scenario: Scenario,
     partition_id: int,
     client: int,
     start_factors: Mapping[str, torch.Tensor],
     server_round: int,
-) -> tuple[bytes, dict[str, torch.Tensor], dict[str, float]]:
-    """Run ``zo.local_steps`` SPSA steps from ``start_factors``.
-
-    ``partition_id`` picks the data, ``client`` (the node's index in the scenario) the seeds:
-    see :func:`clients.zo_round.plan_round`.
-
-    Returns
-    -------
-    tuple[bytes, dict[str, torch.Tensor], dict[str, float]]
-        The encoded ``fedft.v1.ZoReply``, the factors the client ends with (equal, bit for bit,
-        to what the server rebuilds from the reply), and the round's metrics.
-    """
+) -> ZoReply:
     zo, settings = scenario.zo, scenario.client_for(partition_id)
     model, _ = client_model(scenario, partition_id)
     train_set, _ = client_datasets(scenario, partition_id)
@@ -72,5 +87,4 @@ def train_round_zo(
     end = trainable_state(model, modules)
     if modules:  # the base is shared by every client of this process: give it back untouched
         set_trainable_(model, initial_state(model, modules), modules)
-    payload, metrics = reply(plan, records, losses, start_factors, end, len(train_set), train_s)
-    return payload, end, metrics
+    return reply(plan, records, losses, start_factors, end, len(train_set), train_s)

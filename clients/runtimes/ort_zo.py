@@ -1,7 +1,8 @@
-"""The zeroth-order client on ONNX Runtime: SPSA steps with a plain ``InferenceSession``.
+"""The ONNX Runtime zeroth-order runtime: SPSA steps with a plain ``InferenceSession``.
 
-:func:`train_round_zo` has the signature and reply of :func:`clients.zo_client.train_round_zo`
-(same pool, derived seed indices, batches and ``fedft.v1.ZoReply``), but runs the bundle's
+:class:`OrtZo` is the runtime of ``ort`` nodes in a zo run. It replies as
+:class:`clients.runtimes.torch_zo.TorchZo` (same pool, derived seed indices, batches and
+``fedft.v1.ZoReply``), but runs the bundle's
 forward-only graph with the LoRA factors as inputs: no torch model, no training runtime. Its records
 equal the torch client's up to float32 rounding of the losses (``tests/unit/test_ort_parity.py``).
 """
@@ -14,28 +15,41 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from clients.ort_client import client_datasets, edge_bundle, forward_model
-from clients.zo_round import plan_round, reply
+from clients.replies import ZoReply
+from clients.runtimes import ClientRuntime, register_runtime
+from clients.runtimes.ort_lora import client_datasets, edge_bundle, forward_model
+from clients.runtimes.zo_round import plan_round, reply
 from fedft.config import Scenario
 from fedft.edge.bundle import FORWARD_MODEL
 from fedft.edge.ort_zo import ort_spsa_steps
 
 
-def train_round_zo(
+@register_runtime("ort", "zeroth_order")
+class OrtZo(ClientRuntime):
+    """SPSA steps on the LoRA factors, fed as inputs to the bundle's forward-only graph."""
+
+    def train_round(
+        self,
+        scenario: Scenario,
+        partition_id: int,
+        start: Mapping[str, torch.Tensor],
+        server_round: int,
+        node: int,
+    ) -> ZoReply:
+        """Run ``zo.local_steps`` SPSA steps from ``start`` on ONNX Runtime.
+
+        The reply's metrics are :class:`~clients.runtimes.torch_zo.TorchZo`'s.
+        """
+        return _train_round_zo(scenario, partition_id, node, start, server_round)
+
+
+def _train_round_zo(
     scenario: Scenario,
     partition_id: int,
     client: int,
     start_factors: Mapping[str, torch.Tensor],
     server_round: int,
-) -> tuple[bytes, dict[str, torch.Tensor], dict[str, float]]:
-    """Run ``zo.local_steps`` SPSA steps from ``start_factors`` on ONNX Runtime.
-
-    Returns
-    -------
-    tuple[bytes, dict[str, torch.Tensor], dict[str, float]]
-        The encoded ``fedft.v1.ZoReply``, the factors the client ends with, and the metrics of
-        :func:`clients.zo_client.train_round_zo`.
-    """
+) -> ZoReply:
     zo = scenario.zo
     bundle = edge_bundle(scenario)
     model = forward_model(bundle.file(FORWARD_MODEL), scenario.simulation.threads_per_client)
@@ -63,7 +77,4 @@ def train_round_zo(
     )
     train_s = time.perf_counter() - started
     end_factors = {name: torch.from_numpy(a) for name, a in factors.items()}
-    payload, metrics = reply(
-        plan, records, losses, start_factors, end_factors, len(train_set), train_s
-    )
-    return payload, end_factors, metrics
+    return reply(plan, records, losses, start_factors, end_factors, len(train_set), train_s)

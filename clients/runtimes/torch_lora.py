@@ -1,0 +1,105 @@
+"""The torch runtime: first-order LoRA training of the scenario's model on one partition.
+
+:class:`TorchLora` is ``client.backend = "torch"``'s runtime in first-order runs. The model and the
+datasets here (:func:`client_model`, :func:`client_datasets`) are shared with the torch zo runtime
+(:mod:`clients.runtimes.torch_zo`) and with every node's evaluation (:func:`evaluate_round`).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from clients.replies import FactorReply
+from clients.runtimes import ClientRuntime, register_runtime
+from fedft.adapters import get_factors, set_factors_
+from fedft.config import Scenario
+from fedft.data import EncodedDataset
+from fedft.devices import select_device
+from fedft.models import load_peft_model
+from fedft.quantize import base_weight_bytes
+from fedft.schedule import round_lr
+from fedft.task import batch_seed, encode_partition
+from fedft.train import EvalResult, evaluate, train_local
+
+
+def client_model(
+    scenario: Scenario, partition_id: int
+) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """The partition's base plus LoRA, quantized and placed as its client settings say.
+
+    Built once per process for each (quantization, device) pair: see
+    :func:`fedft.models.load_peft_model`.
+    """
+    client = scenario.client_for(partition_id)
+    return load_peft_model(
+        scenario.model, scenario.lora, scenario.run.seed, client.quantization, client.device
+    )
+
+
+@functools.cache
+def client_datasets(scenario: Scenario, partition_id: int) -> tuple[EncodedDataset, EncodedDataset]:
+    """The partition's encoded train and eval sets, built once per process."""
+    _, tokenizer = client_model(scenario, partition_id)
+    return encode_partition(scenario, partition_id, tokenizer)
+
+
+@register_runtime("torch", "first_order")
+class TorchLora(ClientRuntime):
+    """AdamW steps on the LoRA factors of a peft model (its base quantized or not)."""
+
+    def train_round(
+        self,
+        scenario: Scenario,
+        partition_id: int,
+        start: Mapping[str, torch.Tensor],
+        server_round: int,
+        node: int,
+    ) -> FactorReply:
+        """Start from the global factors, train the round's local steps, reply with the new ones.
+
+        The optimizer is fresh each round (FedIT): only the factors carry over.
+        """
+        model, _ = client_model(scenario, partition_id)
+        train_set, eval_set = client_datasets(scenario, partition_id)
+        device = select_device(scenario.client_for(partition_id).device)
+        set_factors_(model, start)
+        seed = batch_seed(scenario, server_round, partition_id)
+        lr = round_lr(scenario.train, server_round, scenario.federation.num_rounds)
+        started = time.perf_counter()
+        result = train_local(model, train_set, scenario.train, seed, device, lr=lr)
+        train_s = time.perf_counter() - started
+        metrics = {
+            "train_loss": result.loss,
+            "num-examples": float(result.examples),
+            "examples": float(result.examples),
+            "steps": float(result.steps),
+            "train_s": train_s,
+            "base_bytes": float(base_weight_bytes(model)),  # what the quantization saves
+        }
+        if scenario.train.lr_schedule != "constant":
+            metrics["lr"] = lr
+        if len(eval_set):
+            local = evaluate(model, eval_set, scenario.train.batch_size * 4, device)
+            metrics["local_eval_loss"] = local.loss
+        return FactorReply(get_factors(model), metrics)
+
+
+def evaluate_round(
+    scenario: Scenario, partition_id: int, global_factors: Mapping[str, torch.Tensor]
+) -> EvalResult:
+    """Evaluate the global factors on the partition's eval split."""
+    model, _ = client_model(scenario, partition_id)
+    _, eval_set = client_datasets(scenario, partition_id)
+    set_factors_(model, global_factors)
+    return evaluate(
+        model,
+        eval_set,
+        scenario.train.batch_size * 4,
+        select_device(scenario.client_for(partition_id).device),
+    )
