@@ -1,33 +1,17 @@
 """A real Flower simulation mixing ONNX Runtime (ort) and torch clients in one federation."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from fedft.config import load_scenario
 from fedft.edge.bundle import bundle_config, bundle_key, read_bundle
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
-ORT_PARTITIONS = (0, 1)
-GROUPS = "client_groups=[{partitions=[0,1], backend='ort'}]"
+ORT_PARTITIONS = (0, 1)  # as tests/integration/conftest.py's mixed_run groups them
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("mixed")
-    out, cache = base / "run", base / "cache"
-    args = [sys.executable, "-m", "fedft.cli", "simulate", str(ROOT / "simulations/default.toml")]
-    args += ["--set", "federation.num_rounds=2", "--set", GROUPS, "--out", str(out)]
-    env = {**os.environ, "FEDFT_CACHE": str(cache)}  # the ort clients build their bundle here
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return out, cache, proc.stderr, rows
+def run(mixed_run):  # tests/integration/conftest.py: ort, nf4, int8 and float32 clients
+    return mixed_run
 
 
 def test_every_reply_accepted_each_round(run):

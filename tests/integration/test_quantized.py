@@ -1,29 +1,18 @@
-"""A real Flower simulation mixing nf4, int8 and float32 clients, end to end through the CLI."""
+"""A real Flower simulation mixing nf4, int8 and float32 bases (and ort devices), via the CLI."""
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 NUM_CLIENTS = 5  # the default scenario's natural split: one client per operation
+NF4, INT8, FP32 = 2, 3, 4  # partitions, as tests/integration/conftest.py's mixed_run has them
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quantized") / "run"
-    groups = "[{partitions=[0], quantization='nf4'},{partitions=[1], quantization='int8'}]"
-    overrides = ["federation.num_rounds=2", f"client_groups={groups}"]
-    args = [sys.executable, "-m", "fedft.cli", "simulate", str(ROOT / "simulations/default.toml")]
-    for o in overrides:
-        args += ["--set", o]
-    proc = subprocess.run(args + ["--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out, proc.stderr
+def run(mixed_run):  # ort, nf4, int8 and float32 clients in one federation
+    return mixed_run.out, mixed_run.stderr
 
 
 def rows(run_dir, kind):
@@ -46,12 +35,12 @@ def test_every_client_reply_was_accepted_in_every_round(run):
 def test_the_federation_mixed_nf4_int8_and_float32_bases(run):
     run_dir, _ = run
     for server_round in (1, 2):
-        clients = [c for c in rows(run_dir, "client") if c["round"] == server_round]
-        nf4, int8, *fp32 = sorted(c["base_bytes"] for c in clients)
-        assert len(set(fp32)) == 1 and len(fp32) == NUM_CLIENTS - 2  # three float32 clients
-        assert nf4 <= 0.3 * fp32[0] and nf4 < int8 <= 0.4 * fp32[0]
+        round_rows = [c for c in rows(run_dir, "client") if c["round"] == server_round]
+        clients = {int(c["partition"]): c for c in round_rows}
+        nf4, int8, fp32 = (clients[p]["base_bytes"] for p in (NF4, INT8, FP32))
+        assert nf4 <= 0.3 * fp32 and nf4 < int8 <= 0.4 * fp32
         # the server cannot tell them apart: the same bytes up (names, shapes, float32)
-        assert len({c["bytes_up"] for c in clients}) == 1
+        assert len({c["bytes_up"] for c in clients.values()}) == 1
 
 
 def test_global_eval_loss_fell(run):
