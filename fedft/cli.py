@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     add_overrides(cmp)
     cmp.add_argument("--strategies", default="fedit,lora_fair", help="comma-separated strategies")
     cmp.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
+    cmp.add_argument(
+        "--baseline", default="", help="strategy the paired differences subtract (default: first)"
+    )
     cmp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
     add_verbose(cmp)
     _add_merge_parser(sub)
@@ -183,6 +186,8 @@ def _compare(args: argparse.Namespace) -> int:
     from fedft.local_files import check_local_files
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if args.baseline and args.baseline not in strategies:
+        raise ConfigError("--baseline", f"{args.baseline!r} is not one of --strategies")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -196,7 +201,7 @@ def _compare(args: argparse.Namespace) -> int:
     for strategy in strategies:  # validate every run's scenario before starting any
         scenario = load_scenario(path, [*args.overrides, f"federation.strategy='{strategy}'"])
     check_local_files(scenario)
-    print(compare(path, strategies, seeds, args.overrides, args.out))
+    print(compare(path, strategies, seeds, args.overrides, args.out, args.baseline or None))
     return 0
 
 

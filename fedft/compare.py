@@ -1,84 +1,79 @@
-"""Compare strategies on one scenario over several seeds: a table and a plot.
+"""Compare strategies on one scenario over several seeds: tables, paired differences, a plot.
 
 ``fedft compare SCENARIO --strategies fedit,lora_fair --seeds 0,1,2`` runs every (strategy, seed)
-pair as its own ``fedft simulate`` process (same scenario, same seeds: same data split, same
-initial adapter), then summarizes each strategy's final-round metrics as mean and standard deviation
-over seeds in ``comparison.md`` / ``comparison.json`` and plots eval loss and accuracy over rounds
-and eval loss against bytes sent up in ``comparison.png`` (:func:`fedft.plots.comparison_figure`).
+pair as its own ``fedft simulate`` process (same scenario, same seed: same data split, same
+initial adapter, same sampled clients and eval examples), showing each run's rounds as they
+finish and keeping each run's whole log in its folder (``<out>/<strategy>-seed<N>/simulate.log``).
+Then it writes into ``out``:
+
+- ``comparison.md``: each strategy's figures, mean ± standard deviation over the ``n`` seeds
+  (:func:`fedft.compare_table.markdown_table`), and per round each strategy's paired difference
+  against the baseline (the first strategy, or ``--baseline``): on each seed strategy minus
+  baseline, then mean ± std over seeds (:func:`fedft.compare_table.paired_table`);
+- ``comparison.json``: the per-run summaries and the paired differences;
+- ``comparison.png``: :func:`fedft.plots.comparison_figure`, with the paired eval-loss difference.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedft.compare_table import (
+    PAIRED_KEYS,
+    markdown_table,
+    paired_differences,
+    paired_table,
+    summarize,
+)
 from fedft.plots import plot_comparison
 from fedft.report import read_metrics
 
+__all__ = ["compare", "markdown_table", "run_one", "summarize"]
+
 log = logging.getLogger("fedft")
 
-COLUMNS = (
-    ("eval_loss", "final eval loss"),
-    ("accuracy", "final accuracy"),
-    ("lora_fair.cos_before", "mean cos before"),
-    ("lora_fair.cos_after", "mean cos after"),
-    ("bytes_up", "bytes up / round"),
-    ("bytes_down", "bytes down / round"),
-)
+LOG_NAME = "simulate.log"
+"""A run's whole console output, kept in its run folder."""
 
 
-def run_one(scenario: Path | None, overrides: Sequence[str], run_dir: Path) -> list[dict[str, Any]]:
-    """Run one simulation in a fresh process and return its round rows.
+def run_one(
+    scenario: Path | None, overrides: Sequence[str], run_dir: Path, label: str = ""
+) -> list[dict[str, Any]]:
+    """Run one simulation in a fresh process; log its round lines; return its round rows.
 
     ``scenario`` None runs the built-in defaults (an installed copy without simulations/).
+    Everything the process prints goes to ``run_dir/simulate.log``; each of its round lines
+    (``round k/R | ...``) is also logged here, prefixed with ``label``.
     """
     named = [] if scenario is None else [str(scenario)]
     args = [sys.executable, "-m", "fedft.cli", "simulate", *named, "--out", str(run_dir)]
     for text in overrides:
         args += ["--set", text]
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise RuntimeError(f"simulation {run_dir.name} failed: {tail[0]}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = "(no output)"
+    with (run_dir / LOG_NAME).open("w", encoding="utf-8") as out:
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            out.flush()
+            text = line.strip()
+            if text:
+                last = text
+            if text.startswith("round "):
+                log.info("%s%s", f"{label}: " if label else "", text)
+        code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"simulation {run_dir.name} failed: {last} (log: {run_dir / LOG_NAME})")
     return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "round"]
-
-
-def summarize(rounds: list[dict[str, Any]]) -> dict[str, float]:
-    """One run's figures: final-round eval metrics and means over rounds of the cosines."""
-    final = rounds[-1]
-    trained = [r for r in rounds if r["round"] > 0]
-    out = {"eval_loss": final["eval_loss"], "accuracy": final.get("accuracy", float("nan"))}
-    for key in ("lora_fair.cos_before", "lora_fair.cos_after", "bytes_up", "bytes_down"):
-        values = [r[key] for r in trained if key in r]
-        out[key] = statistics.fmean(values) if values else float("nan")
-    return out
-
-
-def _cell(values: list[float]) -> str:
-    values = [v for v in values if v == v]  # drop NaN
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    if abs(mean) >= 1000:
-        return f"{mean:,.0f} ± {spread:,.0f}"
-    return f"{mean:.4f} ± {spread:.4f}"
-
-
-def markdown_table(results: dict[str, list[dict[str, float]]]) -> str:
-    """Mean ± standard deviation over seeds, one row per strategy."""
-    header = "| strategy | seeds | " + " | ".join(title for _, title in COLUMNS) + " |"
-    lines = [header, "|" + " --- |" * (len(COLUMNS) + 2)]
-    for strategy, runs in results.items():
-        cells = [_cell([run[key] for run in runs]) for key, _ in COLUMNS]
-        lines.append(f"| {strategy} | {len(runs)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def compare(
@@ -87,26 +82,52 @@ def compare(
     seeds: Sequence[int],
     overrides: Sequence[str],
     out: Path,
+    baseline: str | None = None,
 ) -> str:
-    """Run every (strategy, seed), write the table, JSON and plot into ``out``; return the table."""
+    """Run every (strategy, seed), write tables, JSON and plot into ``out``; return the tables.
+
+    ``baseline`` (default: the first strategy) is what the paired differences subtract.
+    """
+    baseline = baseline or strategies[0]
+    if baseline not in strategies:
+        from fedft.errors import ConfigError
+
+        raise ConfigError("--baseline", f"{baseline!r} is not one of --strategies")
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict[str, float]]] = {s: [] for s in strategies}
     curves: dict[str, list[list[dict[str, Any]]]] = {s: [] for s in strategies}
+    total, done = len(seeds) * len(strategies), 0
     for seed in seeds:
         for strategy in strategies:
             name = f"{strategy}-seed{seed}"
-            log.info("compare: running %s", name)
+            done += 1
+            log.info(
+                "compare [%d/%d]: running %s (log: %s)", done, total, name, out / name / LOG_NAME
+            )
             extra = [f"federation.strategy='{strategy}'", f"run.seed={seed}", f"run.name='{name}'"]
-            rounds = run_one(scenario, [*overrides, *extra], out / name)
+            rounds = run_one(scenario, [*overrides, *extra], out / name, f"[{done}/{total}] {name}")
             results[strategy].append(summarize(rounds))
             curves[strategy].append(rounds)
+    paired = paired_table(curves, baseline)
     table = markdown_table(results)
-    (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
-    (out / "comparison.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    text = f"mean ± std over n seeds ({', '.join(map(str, seeds))})\n\n{table}\n"
+    if paired:
+        text += f"\npaired difference per round against {baseline} (same seed), mean ± std\n\n"
+        text += paired + "\n"
+    (out / "comparison.md").write_text(text, encoding="utf-8")
+    differences = {
+        key: {
+            s: {str(r): d for r, d in per_round.items()}
+            for s, per_round in paired_differences(curves, baseline, key).items()
+        }
+        for key in PAIRED_KEYS
+    }
+    record = {"seeds": list(seeds), "baseline": baseline, "runs": results, "paired": differences}
+    (out / "comparison.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     name = scenario.stem if scenario is not None else "defaults"
     title = (
         f"{name}: {', '.join(strategies)} over seeds {', '.join(map(str, seeds))} "
         "(thin: a seed; thick: mean; band: min-max)"
     )
-    plot_comparison(curves, out / "comparison.png", title)
-    return table
+    plot_comparison(curves, out / "comparison.png", title, baseline)
+    return text

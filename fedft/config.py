@@ -327,6 +327,47 @@ class TrainConfig:
         check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 disables clipping)")
 
 
+@dataclass(frozen=True)
+class EvalSection:
+    """What the server and the clients evaluate each round, and the caps that keep rounds fast.
+
+    Every round the server scores the global model on the global eval set (loss, perplexity, token
+    accuracy) and each client its trained model on its own eval split (personalisation). On
+    instruction data (examples with a prompt) both also decode greedy answers to the first
+    examples of their set and score them against the references: normalised exact match and
+    ROUGE-L (:mod:`fedft.generation`). Plain text has no reference answer: loss, perplexity and
+    next-token accuracy only.
+    """
+
+    # Greedy answers scored on the global eval set (its first N examples; 0: no generation).
+    max_generate_examples: int = 32
+    # Greedy answers scored by each client on its own eval split (0: none).
+    client_generate_examples: int = 8
+    max_new_tokens: int = 32
+    # Generate in rounds 0, N, 2N, ... and the last round (loss is evaluated every round).
+    generate_every: int = 1
+    # A generation pass stops starting new batches after this many seconds (0: no limit); the
+    # number of answers scored is recorded (``gen_examples``), as a cut pass is not paired.
+    generate_timeout_s: float = 120.0
+    # Rows per evaluation batch (0: 4 x train.batch_size).
+    batch_size: int = 0
+    # Threads of the server's evaluation (0: the cores idle when it starts; the clients wait).
+    threads: int = 0
+    # Also write TensorBoard event files into <run>/tensorboard (needs fedft[tensorboard]).
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_generate_examples", "client_generate_examples", "batch_size", "threads"):
+            check(getattr(self, name) >= 0, f"eval.{name}", "must be >= 0")
+        check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be > 0")
+        check(self.generate_every > 0, "eval.generate_every", "must be > 0 (rounds)")
+        check(self.generate_timeout_s >= 0, "eval.generate_timeout_s", "must be >= 0 (0: none)")
+
+    def generates_in(self, server_round: int, num_rounds: int) -> bool:
+        """Whether ``server_round`` scores greedy answers (round 0 is the untrained adapter)."""
+        return server_round % self.generate_every == 0 or server_round == num_rounds
+
+
 BACKENDS = ("torch", "ort", "zo")
 """``client.backend`` names: each has its runtimes in ``clients/runtimes/`` (registered by these
 names; ``tests/unit/test_runtime_registry.py`` checks the two agree)."""
@@ -428,6 +469,7 @@ class Scenario:
     ferret: FerretSection = field(default_factory=FerretSection)
     robust: RobustSection = field(default_factory=RobustSection)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalSection = field(default_factory=EvalSection)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     client_groups: tuple[ClientGroup, ...] = ()

@@ -30,3 +30,11 @@ def check_local_files(scenario: Scenario) -> None:
         check(gguf.is_file(), "model.path", f"no GGUF file at {gguf}")
     if data.source in ("jsonl", "csv"):
         check(Path(data.path).is_file(), "data.path", f"no data file at {data.path}")
+    if scenario.eval.tensorboard:
+        import importlib.util
+
+        check(
+            importlib.util.find_spec("tensorboardX") is not None,
+            "eval.tensorboard",
+            "needs tensorboardX: pip install 'fedft[tensorboard]'",
+        )

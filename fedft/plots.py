@@ -76,8 +76,47 @@ def run_title(config_path: Path) -> str:
     )
 
 
+QUALITY_LINES = {
+    "generation": (
+        ("exact_match", "o-", "global exact match"),
+        ("rouge_l", "s-", "global ROUGE-L"),
+        ("local_exact_match", "o:", "clients' own exact match"),
+        ("local_rouge_l", "s:", "clients' own ROUGE-L"),
+    ),
+    "accuracy": (("accuracy", "o-", "_nolegend_"),),
+    "tokens": (
+        ("token_accuracy", "o-", "global"),
+        ("local_token_accuracy", "s:", "clients' own"),
+    ),
+}
+"""Per kind of data (:func:`quality_kind`): the round-row keys of the quality panel."""
+
+QUALITY_LABELS = {
+    "generation": "greedy answers (exact match, ROUGE-L)",
+    "accuracy": "global exact-match accuracy",
+    "tokens": "next-token accuracy",
+}
+
+
+def quality_kind(rounds: Rows) -> str:
+    """What the quality panel shows: ``generation``, ``accuracy`` or ``tokens``.
+
+    ``generation`` when answers were scored (``rouge_l``), ``accuracy`` when only the
+    teacher-forced exact match was (instruction data, older runs), else ``tokens`` (plain text).
+    """
+    if any("rouge_l" in r for r in rounds):
+        return "generation"
+    if any("accuracy" in r for r in rounds):
+        return "accuracy"
+    return "tokens"
+
+
 def metrics_figure(rows: Rows, title: str) -> Figure:
-    """Loss, exact-match accuracy and cumulative bytes over rounds of one run.
+    """Loss, answer quality (or accuracy) and cumulative bytes over rounds of one run.
+
+    The middle panel shows the greedy answers' exact match and ROUGE-L, global and the clients'
+    own, when the run scored answers; else the teacher-forced exact match; on plain text the
+    next-token accuracy (:func:`quality_kind`).
 
     Parameters
     ----------
@@ -102,10 +141,13 @@ def metrics_figure(rows: Rows, title: str) -> Figure:
     )
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
-    scored = [r for r in rounds if "accuracy" in r]
-    ax_acc.plot([r["round"] for r in scored], [r["accuracy"] for r in scored], "o-", color="C2")
-    ax_acc.set_ylabel("global exact-match accuracy")
+    for key, style, label in QUALITY_LINES[quality_kind(rounds)]:
+        scored = [r for r in rounds if key in r]
+        ax_acc.plot([r["round"] for r in scored], [r[key] for r in scored], style, label=label)
+    ax_acc.set_ylabel(QUALITY_LABELS[quality_kind(rounds)])
     ax_acc.set_ylim(-0.02, 1.02)
+    if ax_acc.get_legend_handles_labels()[0]:
+        ax_acc.legend(fontsize="small")
     total, up, cum_total, cum_up = 0, 0, [], []
     for r in rounds:
         total += r.get("bytes_up", 0) + r.get("bytes_down", 0)
@@ -151,12 +193,17 @@ def _mean_band(
     ax.plot(x_mean, y_mean, lw=2, markersize=5, label=f"{label} (mean of {len(ys_runs)})", **style)
 
 
-def comparison_figure(curves: Mapping[str, Sequence[Rows]], title: str) -> Figure:
-    """Eval loss and accuracy over rounds, and eval loss against bytes sent up, per strategy.
+def comparison_figure(
+    curves: Mapping[str, Sequence[Rows]], title: str, baseline: str | None = None
+) -> Figure:
+    """Eval loss and answer quality over rounds, eval loss against bytes up, paired differences.
 
     Each strategy gets its own colour, line style and marker (two strategies with equal curves
     stay visible: a dashed line over a solid one); each seed is a thin line, the mean over seeds a
-    thick one, and a band spans the seeds' minimum to maximum.
+    thick one, and a band spans the seeds' minimum to maximum. The quality panel is ROUGE-L of
+    greedy answers when the runs scored them, else accuracy (:func:`quality_kind`). With a
+    ``baseline`` and another strategy, a fourth panel shows each strategy's eval loss minus the
+    baseline's on the same seed, per round (mean over seeds, band min-max).
 
     Parameters
     ----------
@@ -164,15 +211,23 @@ def comparison_figure(curves: Mapping[str, Sequence[Rows]], title: str) -> Figur
         Per strategy, per seed, the run's ``kind = "round"`` rows (round 0 first).
     title : str
         The figure's title (scenario name).
+    baseline : str, optional
+        The strategy the paired differences subtract.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Three axes; each holds, per strategy, one line per seed, one mean line and one band.
+        Three axes (four with a paired panel); each holds, per strategy, one line per seed, one
+        mean line and one band.
     """
     plt = _pyplot()
-    fig, (by_round, acc_round, by_bytes) = plt.subplots(1, 3, figsize=(14, 4.2))
+    paired = baseline is not None and baseline in curves and len(curves) > 1
+    fig, axes = plt.subplots(1, 4 if paired else 3, figsize=(18 if paired else 14, 4.2))
+    by_round, acc_round, by_bytes = axes[:3]
     colors = plt.get_cmap("tab10").colors
+    all_rows = [r for runs in curves.values() for rows in runs for r in rows]
+    kind = quality_kind(all_rows)
+    quality = {"generation": "rouge_l", "accuracy": "accuracy", "tokens": "token_accuracy"}[kind]
     for k, (strategy, runs) in enumerate(curves.items()):
         style = {
             "color": colors[k % len(colors)],
@@ -182,8 +237,19 @@ def comparison_figure(curves: Mapping[str, Sequence[Rows]], title: str) -> Figur
         rounds = [[r["round"] for r in rows] for rows in runs]
         losses = [[r["eval_loss"] for r in rows] for rows in runs]
         _mean_band(by_round, rounds, losses, style, strategy)
-        accs = [[r.get("accuracy", float("nan")) for r in rows] for rows in runs]
-        _mean_band(acc_round, rounds, accs, style, strategy)
+        scored = [[r for r in rows if quality in r] for rows in runs]
+        if all(scored):
+            qx = [[r["round"] for r in rows] for rows in scored]
+            _mean_band(
+                acc_round, qx, [[r[quality] for r in rows] for rows in scored], style, strategy
+            )
+        if paired and strategy != baseline:
+            base_runs = curves[str(baseline)]
+            diffs = [
+                [a["eval_loss"] - b["eval_loss"] for a, b in zip(rows, base, strict=False)]
+                for rows, base in zip(runs, base_runs, strict=True)
+            ]
+            _mean_band(axes[3], rounds, diffs, style, strategy)
         sent = []  # round 0 (the untrained adapter) has sent nothing: trained rounds only
         for rows in runs:
             total, xs = 0, []
@@ -193,9 +259,17 @@ def comparison_figure(curves: Mapping[str, Sequence[Rows]], title: str) -> Figur
             sent.append(xs)
         _mean_band(by_bytes, sent, [ys[1:] for ys in losses], style, strategy)
     by_round.set_ylabel("global eval loss")
-    acc_round.set_ylabel("global exact-match accuracy")
+    acc_round.set_ylabel(
+        {"generation": "global ROUGE-L of greedy answers"}.get(
+            kind, f"global {QUALITY_LABELS[kind]}"
+        )
+    )
     for ax in (by_round, acc_round):
         _integer_rounds(ax)
+    if paired:
+        axes[3].axhline(0.0, color="0.4", lw=1)
+        axes[3].set_ylabel(f"eval loss - {baseline}'s (paired by seed)")
+        _integer_rounds(axes[3])
     by_bytes.set_ylabel("global eval loss")
     sent_all = [x for line in by_bytes.lines for x in line.get_xdata() if x > 0]
     # A log axis only when strategies differ by orders of magnitude (zo's bytes against factors')
@@ -204,16 +278,19 @@ def comparison_figure(curves: Mapping[str, Sequence[Rows]], title: str) -> Figur
     scale = "log scale" if decades else "linear"
     by_bytes.set_xlabel(f"bytes sent up, cumulative (all clients; {scale})")
     _byte_axis(by_bytes, "x", decades)
-    for ax in (by_round, acc_round, by_bytes):
+    for ax in axes:
         ax.grid(alpha=0.3, which="major")
-        ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def plot_comparison(curves: Mapping[str, Sequence[Rows]], path: Path, title: str) -> None:
+def plot_comparison(
+    curves: Mapping[str, Sequence[Rows]], path: Path, title: str, baseline: str | None = None
+) -> None:
     """Draw :func:`comparison_figure` into ``path``."""
-    fig = comparison_figure(curves, title)
+    fig = comparison_figure(curves, title, baseline)
     fig.savefig(path, dpi=100)
     _pyplot().close(fig)

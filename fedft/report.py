@@ -7,8 +7,16 @@
   the tensors and config entries sent to the node (the scenario's JSON goes to a node once, then
   its 16-character digest; a zo node's catch-up history), ``bytes_up`` the reply's update (tensors,
   or the encoded ``fedft.v1`` message); Flower's framing and the reply's metrics are not counted;
-- ``round``: ``round``, ``clients``, ``train_loss``, ``eval_loss``, ``perplexity``, ``accuracy``,
-  ``bytes_down``, ``bytes_up`` (sums over the round's clients), ``wall_s``.
+- ``round``: ``round``, ``clients``, ``train_loss``, ``eval_loss``, ``perplexity``,
+  ``token_accuracy``, ``bytes_down``, ``bytes_up`` (sums over the round's clients), ``wall_s``,
+  ``eval_s``; on instruction data ``accuracy`` (teacher-forced exact match) and, in generation
+  rounds, ``exact_match``, ``rouge_l``, ``gen_examples``, ``gen_s`` of the global model's greedy
+  answers (:mod:`fedft.evaluation`); ``local_eval_loss``, ``local_token_accuracy``,
+  ``local_exact_match``, ``local_rouge_l``: the clients' own figures on their own eval splits
+  after local training (personalisation), weighted by their eval examples.
+
+With ``eval.tensorboard`` every round's numbers also go, as scalars named ``round/<key>``, into
+TensorBoard event files in ``<run_dir>/tensorboard`` (``tensorboardX``: ``fedft[tensorboard]``).
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ class RunRecorder:
         self.run_dir = run_dir
         self.num_rounds = num_rounds
         self.metrics_path = run_dir / "metrics.jsonl"
+        self._board: Any = None
+        if resolved_config.get("eval", {}).get("tensorboard"):
+            self._board = tensorboard_writer(run_dir / "tensorboard")
         if not resume:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.toml").write_text(tomli_w.dumps(resolved_config), encoding="utf-8")
@@ -82,7 +93,13 @@ class RunRecorder:
                 weights
             )
             row["steps"] = sum(c.get("steps", 0) for c in clients) / len(clients)
+            row |= _local_means(clients)
         self._append(row)
+        if self._board is not None:
+            for key, value in row.items():
+                if key not in ("kind", "round") and isinstance(value, int | float):
+                    self._board.add_scalar(f"round/{key}", value, server_round)
+            self._board.flush()
         self._round_clients, self._t0 = [], now
         log.info(_progress_line(row, self.num_rounds))
         return row
@@ -93,7 +110,53 @@ class RunRecorder:
 
         rows = read_metrics(self.metrics_path)
         plot_metrics(rows, self.run_dir / "config.toml", self.run_dir / "metrics.png")
+        if self._board is not None:
+            self._board.close()
         return self.run_dir
+
+
+LOCAL_KEYS = ("local_eval_loss", "local_token_accuracy", "local_exact_match", "local_rouge_l")
+"""Client metrics on their own eval splits that the round row averages over clients."""
+
+
+def _local_means(clients: list[dict[str, Any]]) -> dict[str, float]:
+    """Per :data:`LOCAL_KEYS` entry, the mean over the clients that report it.
+
+    Weighted by each client's scored examples (``local_gen_examples`` for generation metrics),
+    else by its training examples.
+    """
+    out = {}
+    for key in LOCAL_KEYS:
+        rows = [c for c in clients if key in c]
+        if not rows:
+            continue
+        generated = key in ("local_exact_match", "local_rouge_l")
+        weights = [
+            c.get("local_gen_examples", 1) if generated else c.get("examples", 1) for c in rows
+        ]
+        out[key] = sum(w * c[key] for w, c in zip(weights, rows, strict=True)) / max(
+            sum(weights), 1
+        )
+    return out
+
+
+def tensorboard_writer(folder: Path) -> Any:
+    """A ``tensorboardX.SummaryWriter`` writing event files into ``folder``.
+
+    Raises
+    ------
+    ConfigError
+        ``eval.tensorboard`` is set but ``tensorboardX`` is not installed.
+    """
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        from fedft.errors import ConfigError
+
+        raise ConfigError(
+            "eval.tensorboard", "needs tensorboardX: pip install 'fedft[tensorboard]'"
+        ) from None
+    return SummaryWriter(logdir=str(folder))
 
 
 def _progress_line(row: dict[str, Any], num_rounds: int) -> str:
@@ -105,8 +168,15 @@ def _progress_line(row: dict[str, Any], num_rounds: int) -> str:
         if "train_loss" in row:
             parts.append(f"train loss {row['train_loss']:.3f}")
     parts.append(f"eval loss {row.get('eval_loss', float('nan')):.3f}")
-    if "accuracy" in row:
+    if "rouge_l" in row:
+        parts.append(f"EM {row['exact_match']:.2f} ROUGE-L {row['rouge_l']:.3f}")
+    elif "accuracy" in row:
         parts.append(f"acc {row['accuracy']:.2f}")
+    else:  # plain text: next-token accuracy
+        if "token_accuracy" in row:
+            parts.append(f"tok acc {row['token_accuracy']:.3f}")
+    if "local_rouge_l" in row:
+        parts.append(f"local ROUGE-L {row['local_rouge_l']:.3f}")
     if row["round"] > 0:
         parts.append(f"up {row['bytes_up'] / 1e3:.1f} kB")
         parts.append(f"{row['wall_s']:.1f} s")

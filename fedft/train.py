@@ -1,8 +1,7 @@
-"""Local first-order training and evaluation of a LoRA-wrapped causal LM."""
+"""Local first-order training of a LoRA-wrapped causal LM (evaluation: :mod:`fedft.evaluation`)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +9,9 @@ from peft import PeftModel
 
 from fedft.config import TrainConfig
 from fedft.data import EncodedDataset
+from fedft.evaluation import EvalResult, evaluate  # here before fedft.evaluation existed
+
+__all__ = ["EvalResult", "TrainResult", "evaluate", "train_local"]
 
 
 @dataclass(frozen=True)
@@ -18,16 +20,6 @@ class TrainResult:
 
     loss: float
     steps: int
-    examples: int
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Token-level loss, perplexity and exact-match accuracy on a dataset."""
-
-    loss: float
-    perplexity: float
-    accuracy: float
     examples: int
 
 
@@ -60,37 +52,3 @@ def train_local(
         total += float(loss.detach())
         steps += 1
     return TrainResult(loss=total / max(steps, 1), steps=steps, examples=len(dataset))
-
-
-@torch.no_grad()
-def evaluate(
-    model: PeftModel, dataset: EncodedDataset, batch_size: int, device: torch.device
-) -> EvalResult:
-    """Mean next-token loss over response tokens, its perplexity, and exact-match accuracy.
-
-    An example counts as exact if the argmax prediction is right at every response position,
-    which under teacher forcing equals greedy decoding producing exactly the response.
-    """
-    model.to(device).eval()
-    loss_sum, token_count, exact = 0.0, 0, 0
-    for start in range(0, len(dataset), batch_size):
-        ids = dataset.input_ids[start : start + batch_size].to(device)
-        mask = dataset.attention_mask[start : start + batch_size].to(device)
-        labels = dataset.labels[start : start + batch_size].to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        targets = labels[:, 1:]  # (batch, L-1): position t predicts token t+1
-        valid = targets != -100
-        losses = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), targets.clamp(min=0), reduction="none"
-        )
-        loss_sum += float((losses * valid).sum())
-        token_count += int(valid.sum())
-        correct = (logits.argmax(-1) == targets) | ~valid
-        exact += int(correct.all(dim=1).sum())
-    loss = loss_sum / max(token_count, 1)
-    return EvalResult(
-        loss=loss,
-        perplexity=math.exp(min(loss, 50.0)),
-        accuracy=exact / max(len(dataset), 1),
-        examples=len(dataset),
-    )

@@ -17,13 +17,13 @@ from fedft.console import Status
 from fedft.data import encode_examples
 from fedft.devices import select_device
 from fedft.errors import FedftError, Interrupted
+from fedft.evaluation import global_metrics
 from fedft.flower_records import factors_to_record, record_to_factors, scenario_to_config
 from fedft.models import load_peft_model
 from fedft.report import RunRecorder
 from fedft.run_folder import check_same_scenario, stored_config
 from fedft.run_outputs import base_reference, write_outputs
 from fedft.task import federated_data
-from fedft.train import evaluate
 from fedft.zo.trainable import initial_state, set_trainable_
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.replies import ClientUpdate
@@ -97,8 +97,9 @@ def run_federation(
         check_same_scenario(scenario, run_dir)
     model, tokenizer = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
     data = scenario.data
+    eval_examples = federated_data(scenario).global_eval
     global_eval = encode_examples(
-        list(federated_data(scenario).global_eval),
+        list(eval_examples),
         tokenizer,
         data.max_length,
         template=data.template,
@@ -126,15 +127,10 @@ def run_federation(
         server_round: int, arrays: ArrayRecord, strategy_metrics: MetricRecord | None = None
     ) -> None:
         status.show(f"round {server_round}/{num_rounds}: evaluating the global model")
-        started = time.perf_counter()
         set_trainable_(model, record_to_factors(arrays), modules)
-        result = evaluate(model, global_eval, scenario.train.batch_size * 4, device)
-        metrics = {
-            "eval_s": time.perf_counter() - started,
-            "eval_loss": result.loss,
-            "perplexity": result.perplexity,
-            "accuracy": result.accuracy,
-        }
+        metrics = global_metrics(
+            model, tokenizer, global_eval, eval_examples, scenario, server_round, device
+        )
         status.clear()
         recorder.round(server_round, {**metrics, **(strategy_metrics or {})})
 

@@ -21,10 +21,11 @@ from fedft.adapters import get_factors, set_factors_
 from fedft.config import Scenario
 from fedft.data import EncodedDataset
 from fedft.devices import select_device
+from fedft.evaluation import local_metrics
 from fedft.models import load_peft_model
 from fedft.quantize import base_weight_bytes
 from fedft.schedule import round_lr
-from fedft.task import batch_seed, encode_partition
+from fedft.task import batch_seed, encode_partition, federated_data
 from fedft.train import EvalResult, evaluate, train_local
 
 
@@ -65,7 +66,7 @@ class TorchLora(ClientRuntime):
 
         The optimizer is fresh each round (FedIT): only the factors carry over.
         """
-        model, _ = client_model(scenario, partition_id)
+        model, tokenizer = client_model(scenario, partition_id)
         train_set, eval_set = client_datasets(scenario, partition_id)
         device = select_device(scenario.client_for(partition_id).device)
         set_factors_(model, start)
@@ -84,9 +85,8 @@ class TorchLora(ClientRuntime):
         }
         if scenario.train.lr_schedule != "constant":
             metrics["lr"] = lr
-        if len(eval_set):
-            local = evaluate(model, eval_set, scenario.train.batch_size * 4, device)
-            metrics["local_eval_loss"] = local.loss
+        own = federated_data(scenario).client_eval[partition_id]  # personalisation
+        metrics |= local_metrics(model, tokenizer, eval_set, own, scenario, server_round, device)
         return FactorReply(get_factors(model), metrics)
 
 
