@@ -25,7 +25,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 
 @torch.no_grad()
-def evaluate_fixed_width(model, dataset, batch_size: int) -> float:
+def evaluate_fixed_width(model: Any, dataset: Any, batch_size: int) -> float:
     """The loss as ``fedft.train.evaluate`` computed it before: full-width batches in order."""
     model.eval()
     loss_sum, count = 0.0, 0
@@ -53,7 +55,7 @@ def evaluate_fixed_width(model, dataset, batch_size: int) -> float:
     return loss_sum / max(count, 1)
 
 
-def best_time(fn, threads: int, repeats: int) -> tuple[float, float]:
+def best_time(fn: Callable[[], float], threads: int, repeats: int) -> tuple[float, float]:
     torch.set_num_threads(threads)
     best, value = math.inf, float("nan")
     for _ in range(repeats):
@@ -91,7 +93,11 @@ def main() -> None:
         f"({filled:.0%} of them real tokens), batch {batch}; {os.cpu_count()} cores, "
         f"{idle_cores()} idle now"
     )
-    runs = {"before (fixed width, 1 thread)": [], "after (1 thread)": [], "after (N threads)": []}
+    runs: dict[str, list[tuple[float, float]]] = {
+        "before (fixed width, 1 thread)": [],
+        "after (1 thread)": [],
+        "after (N threads)": [],
+    }
     for _ in range(args.repeats):  # alternate: the machine is shared
         runs["before (fixed width, 1 thread)"].append(
             best_time(lambda: evaluate_fixed_width(model, encoded, batch), 1, 1)

@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from peft import PeftModel
@@ -117,8 +118,10 @@ def _response_logits(
     """
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     if getattr(base.config, "model_type", "") in _HEAD_ONLY_ON_RESPONSES:
-        hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        return base.get_output_embeddings()(hidden[:, :-1][valid]).float()
+        decoder = cast(torch.nn.Module, base.get_decoder())
+        head = cast(torch.nn.Module, base.get_output_embeddings())
+        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, w, h)
+        return head(hidden[:, :-1][valid]).float()
     return model(input_ids=ids, attention_mask=mask).logits[:, :-1][valid].float()
 
 

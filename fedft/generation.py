@@ -116,7 +116,7 @@ def greedy_answers(
             new = out[j, width:].tolist()  # (new tokens,)
             if eos in new:
                 new = new[: new.index(eos)]
-            answers[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+            answers[i] = str(tokenizer.decode(new, skip_special_tokens=True)).strip()
     return answers
 
 
