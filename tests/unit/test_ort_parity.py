@@ -13,7 +13,7 @@ Tolerances, and why:
 - Zeroth-order records: ``g = (L+ - L-) / (2 eps)``, and each loss agrees to a few float32 ulps
   (about 5e-7 at L ~ 5), so ``|g_ort - g_torch| <= 8 ulp(L) / (2 eps)`` (~2e-3 at eps = 1e-3,
   against |g| ~ 10); the perturbation passes themselves are bit-identical (same generator, same
-  float32 coefficients), which the last test checks with a loss both sides compute exactly.
+  float32 coefficients), which test_zo.py checks with a loss both sides compute exactly.
 """
 
 from pathlib import Path
@@ -34,7 +34,7 @@ from fedft.task import federated_data
 from fedft.train import evaluate
 from fedft.wire.order import zo_order
 from fedft.zo.seeds import derived_seed_indices, seed_pool, seed_pool_id
-from fedft.zo.step import spsa_step_, spsa_step_numpy_
+from fedft.zo.step import spsa_step_
 
 ROOT = Path(__file__).resolve().parents[2]
 LR, STEPS = 3e-3, 10
@@ -203,39 +203,6 @@ def test_zo_records_match_the_torch_zo_step(model, forward, start, data, scenari
     for name, tensor in moved.items():  # |w_ort - w_torch| <= lr * sum_t |g_ort - g_torch|
         bound = lr * steps * 8 * ulp / (2 * eps) + 1e-7
         assert np.abs(factors[name] - tensor.numpy()).max() <= bound
-
-
-def test_numpy_spsa_step_is_bit_identical_to_the_torch_step():
-    rng = np.random.default_rng(3)
-    arrays = [rng.normal(size=(8, 5)).astype(np.float32), rng.normal(size=(7,)).astype(np.float32)]
-    tensors = [torch.from_numpy(a.copy()) for a in arrays]
-    weights = [rng.normal(size=a.shape) for a in arrays]
-
-    def loss_of(values):  # the same float64 sum on both sides: equal losses, equal bits after
-        pairs = zip(values, weights, strict=True)
-        return float(sum((np.asarray(v, np.float64) * w).sum() for v, w in pairs))
-
-    for step, seed in enumerate([11, 2**63 + 5, 7]):
-        g_numpy = spsa_step_numpy_(arrays, lambda: loss_of(arrays), seed, 1e-3, 1e-2)
-        g_torch = spsa_step_(
-            tensors, lambda: loss_of([t.numpy() for t in tensors]), seed, 1e-3, 1e-2
-        )
-        assert g_numpy == g_torch, step
-        scale = 100 / 127
-        g_numpy = spsa_step_numpy_(
-            arrays, lambda: loss_of(arrays), seed, 1e-3, 1e-2, grad_scale=scale
-        )
-        g_torch = spsa_step_(
-            tensors,
-            lambda: loss_of([t.numpy() for t in tensors]),
-            seed,
-            1e-3,
-            1e-2,
-            grad_scale=scale,
-        )
-        assert g_numpy == g_torch
-    for a, t in zip(arrays, tensors, strict=True):
-        assert a.tobytes() == t.numpy().tobytes()
 
 
 @pytest.mark.integration

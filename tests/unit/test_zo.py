@@ -29,7 +29,7 @@ from fedft.zo.seeds import (
     seed_pool,
     seed_pool_id,
 )
-from fedft.zo.step import spsa_step_
+from fedft.zo.step import spsa_step_, spsa_step_numpy_
 
 REPO = Path(__file__).parents[2]
 VECTORS = json.loads((REPO / "tests" / "data" / "rng_vectors.json").read_text())
@@ -130,6 +130,39 @@ def test_spsa_step_is_bit_identical_to_an_op_by_op_float32_reference():
     assert g == float(g_ref)
     for p, wi in zip(params, w, strict=True):
         assert p.numpy().tobytes() == wi.tobytes()
+
+
+def test_numpy_spsa_step_is_bit_identical_to_the_torch_step():
+    rng = np.random.default_rng(3)
+    arrays = [rng.normal(size=(8, 5)).astype(np.float32), rng.normal(size=(7,)).astype(np.float32)]
+    tensors = [torch.from_numpy(a.copy()) for a in arrays]
+    weights = [rng.normal(size=a.shape) for a in arrays]
+
+    def loss_of(values):  # the same float64 sum on both sides: equal losses, equal bits after
+        pairs = zip(values, weights, strict=True)
+        return float(sum((np.asarray(v, np.float64) * w).sum() for v, w in pairs))
+
+    for step, seed in enumerate([11, 2**63 + 5, 7]):
+        g_numpy = spsa_step_numpy_(arrays, lambda: loss_of(arrays), seed, 1e-3, 1e-2)
+        g_torch = spsa_step_(
+            tensors, lambda: loss_of([t.numpy() for t in tensors]), seed, 1e-3, 1e-2
+        )
+        assert g_numpy == g_torch, step
+        scale = 100 / 127
+        g_numpy = spsa_step_numpy_(
+            arrays, lambda: loss_of(arrays), seed, 1e-3, 1e-2, grad_scale=scale
+        )
+        g_torch = spsa_step_(
+            tensors,
+            lambda: loss_of([t.numpy() for t in tensors]),
+            seed,
+            1e-3,
+            1e-2,
+            grad_scale=scale,
+        )
+        assert g_numpy == g_torch
+    for a, t in zip(arrays, tensors, strict=True):
+        assert a.tobytes() == t.numpy().tobytes()
 
 
 def test_spsa_step_with_grad_scale_applies_the_quantized_g():
