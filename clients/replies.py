@@ -8,7 +8,7 @@ an encoded ``fedft.v1.LoraUpdate`` as ``federation.update_encoding`` says) and z
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
@@ -23,7 +23,7 @@ class Reply(ABC):
     """A round's result: the factors the client ends with and the round's metrics."""
 
     factors: dict[str, torch.Tensor]
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float]
 
     @abstractmethod
     def update(self, scenario: Scenario) -> RecordDict:
@@ -53,7 +53,7 @@ class FactorReply(Reply):
 class ZoReply(Reply):
     """Zeroth-order records (a zeroth-order runtime); ``factors`` are what the server rebuilds."""
 
-    payload: bytes = b""  # the encoded fedft.v1.ZoReply
+    payload: bytes  # the encoded fedft.v1.ZoReply
 
     def update(self, scenario: Scenario) -> RecordDict:
         """``{"zo": {"records": <fedft.v1.ZoReply bytes>}}``."""
