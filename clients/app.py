@@ -8,6 +8,7 @@ runtime (:func:`clients.runtimes.runtime_for`, by its backend) trains, and its r
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -16,12 +17,14 @@ from flwr.clientapp import ClientApp
 from clients import zo_sync
 from clients.runtimes import runtime_for, torch_lora
 from fedft.config import Scenario
+from fedft.console import quiet_flower_app
 from fedft.flower_records import config_to_scenario, record_to_factors
 
 app = ClientApp()
 
 
 def _setup(msg: Message, context: Context) -> tuple[Scenario, int]:
+    quiet_flower_app(context.run_config, logging.ERROR)  # unless `-c verbose=true`
     scenario = config_to_scenario(msg.content["config"], context.state)
     torch.set_num_threads(scenario.simulation.threads_per_client)
     partition_id = int(context.node_config["partition-id"])

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 VERBOSE_ENV = "FEDFT_VERBOSE"
@@ -88,6 +88,26 @@ def quiet_worker() -> None:
         return
     quiet_libraries(False)
     logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+def quiet_flower_app(run_config: Mapping[str, Any], flower_level: int = logging.WARNING) -> None:
+    """In a ServerApp or ClientApp run by Flower (``flwr run .``, ``fedft server``): keep quiet.
+
+    Unless the run config says ``verbose = true`` (``flwr run . -c verbose=true``), library
+    chatter and fedft's known Flower notices are hidden as :func:`quiet_libraries` does, and
+    Flower's log shows ``flower_level`` and above. Each app calls it as it starts work: a
+    ClientApp runs in a process (a Ray worker, a ``flwr-clientapp``) whose environment fedft
+    does not set. Under ``fedft simulate`` (``FEDFT_VERBOSE`` set) it does nothing: the
+    command's ``--verbose`` has decided already.
+    """
+    if os.environ.get(VERBOSE_ENV) is not None or _truthy(run_config.get("verbose", False)):
+        return
+    quiet_libraries(False)
+    logging.getLogger("flwr").setLevel(flower_level)
+
+
+def _truthy(value: object) -> bool:
+    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 class _DropNotices(logging.Filter):

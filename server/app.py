@@ -12,7 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedft.config import Scenario, load_scenario
-from fedft.console import console_logging
+from fedft.console import console_logging, quiet_flower_app
 from fedft.run_folder import default_run_dir
 from server.federation import run_federation
 
@@ -63,6 +63,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point of ``flwr run .``: scenario from the run config, run folder under runs/."""
+    quiet_flower_app(context.run_config)  # `-c verbose=true` shows library and Flower notices
     console_logging()
     scenario = scenario_from_run_config(context.run_config)
     run_federation(grid, scenario, default_run_dir(scenario))

@@ -60,6 +60,7 @@ class ServerOptions:
     resume: Path | None
     state: Path | None
     app: Path
+    verbose: bool = False  # the run's ServerApp and ClientApps show library and Flower notices
 
 
 def server_tls(certs: Path) -> ServerTls:
@@ -149,10 +150,12 @@ def client_command(opts: ServerOptions, tls: ServerTls | None, scenario: Scenari
     return line
 
 
-def _write_run_config(state: Path, scenario_path: Path, overrides: list[str]) -> Path:
+def _write_run_config(
+    state: Path, scenario_path: Path, overrides: list[str], verbose: bool = False
+) -> Path:
     """The run config as a TOML file: ``flwr run -c FILE`` keeps any quoting intact."""
     path = state / "run-config.toml"
-    run_config = {"scenario": str(scenario_path), "set": shlex.join(overrides)}
+    run_config = {"scenario": str(scenario_path), "set": shlex.join(overrides), "verbose": verbose}
     path.write_text(tomli_w.dumps(run_config))
     return path
 
@@ -182,7 +185,7 @@ def serve(opts: ServerOptions) -> int:
     state.mkdir(parents=True, exist_ok=True)
     env = flower_env(flwr_home=state / "flwr")
     control.write_connection(state / "flwr", opts.control_port, tls.ca_cert if tls else None)
-    run_config = _write_run_config(state, scenario_path, overrides)
+    run_config = _write_run_config(state, scenario_path, overrides, opts.verbose)
 
     check_port_free(opts.address, opts.port, "--port")
     check_port_free("127.0.0.1", opts.control_port, "--control-port")

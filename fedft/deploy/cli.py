@@ -160,6 +160,7 @@ def _server(args: argparse.Namespace) -> int:
         resume=args.resume,
         state=args.state,
         app=args.app or APP_DIR,
+        verbose=args.verbose,
     )
     return serve(opts)
 

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from fedft.config import BACKENDS
+from fedft.console import VERBOSE_ENV
 from fedft.deploy.certs import CA_CERT, CertError
 from fedft.deploy.processes import (
     ProcessError,
@@ -132,7 +133,10 @@ def join(opts: ClientOptions) -> int:
     mode = "TLS" if ca is not None else "INSECURE, no TLS"
     log.info("fedft: joining %s (gRPC, %s) as partition %d", opts.server, mode, opts.partition_id)
     output = SupernodeOutput(opts.server, opts.max_wait_s, opts.verbose)
-    supernode = start(cmd, flower_env(), subprocess.PIPE)
+    env = flower_env()
+    if opts.verbose:  # the ClientApps this SuperNode starts show library and Flower notices
+        env[VERBOSE_ENV] = "1"
+    supernode = start(cmd, env, subprocess.PIPE)
     assert supernode.stdout is not None
     copying = relay(supernode.stdout, output, sys.stderr)
     try:

@@ -99,6 +99,11 @@ def test_plain_flwr_run_then_the_readme_command_install_nothing(tmp_path):
         assert readme_run.returncode == 0, output
         assert "No additional application dependencies needed installation" in output, output
         assert "Installed:" not in output
+        # As quiet as `fedft simulate`: fedft's lines, no library warnings from the ServerApp or
+        # the ClientApps' workers, no Flower notice that fedft's own choices cause
+        assert "run folder:" in output, output
+        for noise in ("FutureWarning", "DeprecationWarning", "fraction_evaluate is set to 0.0"):
+            assert noise not in output, output
         # Both runs finished: two run folders, each with its adapter. A run that ended without
         # one (its ServerApp task finished, says the SuperLink) fails now, not at the deadline.
         link_log = home / "local-superlink" / "superlink.log"

@@ -89,3 +89,25 @@ def test_no_progress_line_when_redirected(capsys):
     status.show("round 1/3: 0/5 clients done")
     status.clear()
     assert capsys.readouterr().err == ""
+
+
+def test_a_flower_app_is_quiet_unless_its_run_config_says_verbose(clean_state, monkeypatch):
+    level = clean_state.level
+    monkeypatch.setattr(clean_state, "level", level)  # restored after the test
+    filters = list(warnings.filters)
+    console.quiet_flower_app({"verbose": True})  # `flwr run . -c verbose=true`
+    assert warnings.filters == filters and clean_state.level == level
+    console.quiet_flower_app({"scenario": "x.toml", "verbose": False}, logging.ERROR)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.warn("old api", DeprecationWarning, stacklevel=1)
+    assert caught == []
+    assert clean_state.level == logging.ERROR
+
+
+def test_a_flower_app_under_fedft_simulate_follows_the_command(clean_state, monkeypatch):
+    level = clean_state.level
+    monkeypatch.setattr(clean_state, "level", level)
+    monkeypatch.setenv(console.VERBOSE_ENV, "1")  # `fedft simulate -v` (or `fedft client -v`)
+    filters = list(warnings.filters)
+    console.quiet_flower_app({})
+    assert warnings.filters == filters and clean_state.level == level
