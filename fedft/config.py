@@ -99,13 +99,24 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where examples come from and how they become token tensors."""
+    """Where examples come from and how they become token tensors.
 
-    source: Literal["builtin", "jsonl", "csv", "chatterbot", "rotten_tomatoes"] = "builtin"
+    ``source = "hf"`` reads a local Hugging Face ``datasets`` folder or data file at ``path``
+    (``hf_format``: ``auto``, ``disk`` for ``save_to_disk``, ``parquet``, ``json``, ``csv``;
+    ``split`` of a ``DatasetDict``): see :mod:`fedft.data.hf_datasets`. A record is an
+    instruction pair (``prompt_field``, ``response_field``), a conversation (``messages_field``:
+    ``{role, content}`` messages ending with the assistant's) or a text (``text_field``).
+    """
+
+    source: Literal["builtin", "jsonl", "csv", "hf", "chatterbot", "rotten_tomatoes"] = "builtin"
     path: str = ""
+    hf_format: Literal["auto", "disk", "parquet", "json", "csv"] = "auto"
+    split: str = "train"
     prompt_field: str = "instruction"
     response_field: str = "response"
     text_field: str = "text"
+    messages_field: str = "messages"
+    input_field: str = ""  # an instruction's optional context column (Alpaca: "input")
     key_field: str = ""
     num_examples: int = 1200
     max_examples: int = 0
@@ -116,8 +127,9 @@ class DataConfig:
     global_eval_size: int = 128
 
     def __post_init__(self) -> None:
-        if self.source in ("jsonl", "csv"):
+        if self.source in ("jsonl", "csv", "hf"):
             check(bool(self.path), "data.path", f"is required when data.source = {self.source!r}")
+        check(bool(self.split), "data.split", "must name a split, e.g. 'train'")
         check(self.num_examples > 0, "data.num_examples", "must be > 0")
         check(self.max_examples >= 0, "data.max_examples", "must be >= 0 (0 keeps all)")
         check(self.max_length >= 4, "data.max_length", f"must be >= 4, got {self.max_length}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedft.config import Scenario
+from fedft.model_folder import check_model_folder
 from fedft.schema import check
 
 
@@ -22,7 +23,7 @@ def check_local_files(scenario: Scenario) -> None:
     """
     model, data = scenario.model, scenario.data
     if model.source == "hf":
-        check(Path(model.path).is_dir(), "model.path", f"no model folder at {model.path}")
+        check_model_folder(Path(model.path))
     if model.source == "gguf":
         from fedft.models import resolve_gguf  # heavy imports: only when a GGUF is named
 
@@ -38,3 +39,5 @@ def check_local_files(scenario: Scenario) -> None:
             "eval.tensorboard",
             "needs tensorboardX: pip install 'fedft[tensorboard]'",
         )
+    if data.source == "hf":
+        check(Path(data.path).exists(), "data.path", f"no dataset folder or file at {data.path}")

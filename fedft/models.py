@@ -39,6 +39,7 @@ from fedft.config import LoraConfig, ModelConfig
 from fedft.data.encode import char_tokenizer
 from fedft.devices import select_device
 from fedft.errors import ConfigError
+from fedft.model_folder import check_model_folder
 from fedft.quantize import load_quantized, quantize_model
 
 log = logging.getLogger(__name__)
@@ -165,13 +166,12 @@ def load_base(
         if quantization != "none":
             model = quantize_model(model, quantization, select_device(device))
     else:
-        if not (folder / "config.json").is_file():
-            raise ConfigError("model.path", f"no Hugging Face model (config.json) in {folder}")
+        check_model_folder(folder)
         if quantization != "none":
             model = load_quantized(folder, quantization, select_device(device), dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        else:  # a local folder: nothing fetched (local_files_only)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

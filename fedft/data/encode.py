@@ -3,7 +3,8 @@
 One encoded row reads ``[bos] prompt-part response eos pad...``:
 
 - the prompt part is ``template.format(prompt=...)`` (or the tokenizer's chat template when
-  ``chat=True`` and it has one); its labels are ``-100``, so no loss is taken on it;
+  ``chat=True`` and it has one, on a conversation's turns before its last assistant message, or
+  on one user turn); its labels are ``-100``, so no loss is taken on it;
 - the response tokens and ``eos`` carry their own ids as labels (Hugging Face convention: labels are
   aligned with ``input_ids``; the model shifts them);
 - padding has ``attention_mask`` 0 and labels ``-100``.
@@ -164,6 +165,7 @@ def encode_prompt(
     tokenizer: PreTrainedTokenizerBase,
     template: str = "{prompt}\n",
     chat: bool = False,
+    history: Sequence[tuple[str, str]] = (),
 ) -> list[int]:
     """Token ids that precede the response: ``bos`` + formatted prompt, or the chat template.
 
@@ -178,19 +180,31 @@ def encode_prompt(
     template : str
         Format string with a ``{prompt}`` field, used unless the chat template is.
     chat : bool
-        Use ``tokenizer.apply_chat_template`` (one user turn, generation prompt added) when the
-        tokenizer has a chat template; the rendered template brings its own start tokens, so no
-        ``bos`` is added. Falls back to ``template`` with a warning when it has none.
+        Use ``tokenizer.apply_chat_template`` (generation prompt added) when the tokenizer has a
+        chat template: on ``history`` if given, else on one user turn holding ``prompt``. The
+        rendered template brings its own start tokens, so no ``bos`` is added. Falls back to
+        ``template`` on ``prompt`` with a warning when it has none.
+    history : sequence of (role, content) pairs
+        A conversation's messages before the response (:attr:`Example.history`); ``prompt`` is
+        then their plain-text rendering, used without a chat template.
 
     Returns
     -------
     list of int
     """
     if prompt and chat and tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+        turns = history or (("user", prompt),)
+        messages = [{"role": role, "content": content} for role, content in turns]
+        try:
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as err:  # jinja2's TemplateError: the template refuses these turns
+            roles = [role for role, _ in turns]
+            raise DataError(
+                f"the tokenizer's chat template cannot render messages with roles {roles}: {err}"
+            ) from None
+        return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
     if prompt and chat:
         log.warning("data.chat is set but the tokenizer has no chat template; using data.template")
     bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
@@ -243,7 +257,7 @@ def encode_examples(
     rows: list[tuple[list[int], list[int]]] = []
     keys = []
     for example, response in zip(examples, response_ids, strict=True):
-        prompt = encode_prompt(example.prompt, tokenizer, template, chat)
+        prompt = encode_prompt(example.prompt, tokenizer, template, chat, example.history)
         ids = (prompt + response + [eos])[:max_length]
         labels = ([IGNORE_INDEX] * len(prompt) + response + [eos])[:max_length]
         if all(label == IGNORE_INDEX for label in labels):

@@ -1,9 +1,11 @@
 """Examples and the readers that load them from JSON Lines and CSV files.
 
-An :class:`Example` is either an instruction pair (``prompt`` -> ``response``) or a plain text
-(``prompt == ""``, the whole text in ``response``). Loss is taken on the response tokens only, so a
-plain text trains on all of its tokens. ``key`` is an optional group label (a category, a label, a
-task name) that the non-IID partitioners split on.
+An :class:`Example` is an instruction pair (``prompt`` -> ``response``), a conversation (a list of
+``{"role", "content"}`` messages ending with the assistant's: the last assistant message is the
+``response``, the turns before it are ``history``) or a plain text (``prompt == ""``, the whole
+text in ``response``). Loss is taken on the response tokens only, so a plain text trains on all
+of its tokens and a conversation on its last assistant turn. ``key`` is an optional group label
+(a category, a label, a task name) that the non-IID partitioners split on.
 
 Both readers raise :class:`DataError` with a one-line message naming the file, the line and the
 field, e.g. ``data.jsonl, line 3: field 'response' must be a string, got int``.
@@ -14,14 +16,22 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from fedft.errors import FedftError
 
-__all__ = ["DataError", "Example", "read_csv", "read_jsonl"]
+__all__ = [
+    "DataError",
+    "Example",
+    "Fields",
+    "read_csv",
+    "read_jsonl",
+    "record_example",
+    "render_turns",
+]
 
 
 class DataError(FedftError, ValueError):
@@ -40,21 +50,33 @@ class Example:
         The target text (the whole text for a plain text); loss is computed on it only.
     key : str
         Group label used by the non-IID partitioners (``""`` when there is none).
+    history : tuple of (role, content) pairs
+        A conversation's messages before its last (assistant) one; ``()`` otherwise. A chat
+        template renders them as the prompt; without one, ``prompt`` holds them as plain text
+        (:func:`render_turns`).
     """
 
     prompt: str
     response: str
     key: str = ""
+    history: tuple[tuple[str, str], ...] = ()
+
+
+def render_turns(turns: Sequence[tuple[str, str]]) -> str:
+    """A conversation as plain text, one ``Role: content`` line per message (no chat template)."""
+    return "\n".join(f"{role.capitalize()}: {content}" for role, content in turns)
 
 
 @dataclass(frozen=True)
-class _Fields:
-    """Names of the fields a record is read from."""
+class Fields:
+    """Names of the fields a record is read from (``messages=""``: no conversations)."""
 
     prompt: str
     response: str
     text: str
     key: str
+    messages: str = "messages"
+    input: str = ""  # an instruction's optional context (Alpaca's "input"), appended to it
 
 
 def read_jsonl(
@@ -63,12 +85,14 @@ def read_jsonl(
     response_field: str = "response",
     text_field: str = "text",
     key_field: str = "",
+    messages_field: str = "messages",
+    input_field: str = "",
 ) -> list[Example]:
     """Read examples from a JSON Lines file, one JSON object per line.
 
     A record holding ``prompt_field`` is an instruction pair and must also hold
-    ``response_field``; otherwise it is a plain text and must hold ``text_field``. Blank lines are
-    skipped.
+    ``response_field``; one holding ``messages_field`` is a conversation; otherwise it is a plain
+    text and must hold ``text_field``. Blank lines are skipped.
 
     Parameters
     ----------
@@ -79,6 +103,11 @@ def read_jsonl(
     key_field : str
         If not empty, every record must hold this field (a string or an integer); it becomes
         :attr:`Example.key`.
+    messages_field : str
+        Field name of a conversation: a list of ``{"role": ..., "content": ...}`` objects.
+    input_field : str
+        If not empty, the field of an instruction's optional context (Alpaca's ``input``): when
+        a record has it non-empty, the prompt is the instruction, a blank line and the input.
 
     Returns
     -------
@@ -91,7 +120,9 @@ def read_jsonl(
         Missing or undecodable file, a line that is not a JSON object, a missing field, a value that
         is not a string, an empty response, or no record at all.
     """
-    fields = _Fields(prompt_field, response_field, text_field, key_field)
+    fields = Fields(
+        prompt_field, response_field, text_field, key_field, messages_field, input_field
+    )
     examples = []
     for line_no, line in _lines(Path(path)):
         if not line.strip():
@@ -103,7 +134,7 @@ def read_jsonl(
             raise DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        examples.append(_example(record, fields, where))
+        examples.append(record_example(record, fields, where))
     if not examples:
         raise DataError(f"{path}: no records (the file is empty)")
     return examples
@@ -115,6 +146,7 @@ def read_csv(
     response_field: str = "response",
     text_field: str = "text",
     key_field: str = "",
+    input_field: str = "",
 ) -> list[Example]:
     """Read examples from a CSV file with a header row (:mod:`csv`, default dialect).
 
@@ -143,7 +175,7 @@ def read_csv(
         response, or no data row at all.
     """
     path = Path(path)
-    fields = _Fields(prompt_field, response_field, text_field, key_field)
+    fields = Fields(prompt_field, response_field, text_field, key_field, "", input_field)
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
             return _read_csv_rows(handle, fields, path)
@@ -155,7 +187,7 @@ def read_csv(
         raise DataError(f"{path}: malformed CSV ({err})") from None
 
 
-def _read_csv_rows(handle: TextIO, fields: _Fields, path: Path) -> list[Example]:
+def _read_csv_rows(handle: TextIO, fields: Fields, path: Path) -> list[Example]:
     reader = csv.reader(handle)
     header = next(reader, None)
     if header is None:
@@ -173,13 +205,13 @@ def _read_csv_rows(handle: TextIO, fields: _Fields, path: Path) -> list[Example]
             continue
         if len(row) != len(header):
             raise DataError(f"{where}: {len(row)} cells, the header has {len(header)}")
-        examples.append(_example(dict(zip(header, row, strict=True)), fields, where))
+        examples.append(record_example(dict(zip(header, row, strict=True)), fields, where))
     if not examples:
         raise DataError(f"{path}: no data rows after the header")
     return examples
 
 
-def _csv_columns(header: list[str], fields: _Fields) -> list[str]:
+def _csv_columns(header: list[str], fields: Fields) -> list[str]:
     """Columns a CSV file needs, given whether it holds instruction pairs or plain texts."""
     needed = [fields.prompt, fields.response] if fields.prompt in header else [fields.text]
     return needed + ([fields.key] if fields.key else [])
@@ -196,21 +228,51 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from None
 
 
-def _example(record: Mapping[str, Any], fields: _Fields, where: str) -> Example:
-    """Build one :class:`Example` from a parsed record; ``where`` names file and line."""
+def record_example(record: Mapping[str, Any], fields: Fields, where: str) -> Example:
+    """Build one :class:`Example` from a parsed record; ``where`` names file and line (or row)."""
+    if fields.messages and fields.prompt not in record and fields.messages in record:
+        return _conversation(record, fields, where)
     if fields.prompt in record:
         prompt = _string(record, fields.prompt, where)
+        if fields.input and record.get(fields.input):
+            prompt = f"{prompt}\n\n{_string(record, fields.input, where)}"
         response = _string(record, fields.response, where)
         name = fields.response
     elif fields.text in record:
         prompt, response, name = "", _string(record, fields.text, where), fields.text
     else:
         raise DataError(
-            f"{where}: missing field {fields.prompt!r} (instruction) or {fields.text!r} (text)"
+            f"{where}: missing field {fields.prompt!r} (instruction), {fields.messages!r} "
+            f"(chat messages) or {fields.text!r} (text)"
         )
     if not response.strip():
         raise DataError(f"{where}: field {name!r} is empty")
     return Example(prompt, response, _key(record, fields.key, where))
+
+
+def _conversation(record: Mapping[str, Any], fields: Fields, where: str) -> Example:
+    """A conversation record: its last message is the assistant's response, the rest history."""
+    messages = record[fields.messages]
+    name = fields.messages
+    if not isinstance(messages, list | tuple) or not messages:
+        raise DataError(f"{where}: field {name!r} must be a non-empty list of messages")
+    turns = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise DataError(f"{where}: {name}[{i}] must be an object with 'role' and 'content'")
+        role = _string(message, "role", f"{where}: {name}[{i}]")
+        turns.append((role, _string(message, "content", f"{where}: {name}[{i}]")))
+    if turns[-1][0] != "assistant":
+        raise DataError(
+            f"{where}: the last message of {name!r} must be the assistant's (the response), "
+            f"got role {turns[-1][0]!r}"
+        )
+    history, response = tuple(turns[:-1]), turns[-1][1]
+    if not history:
+        raise DataError(f"{where}: field {name!r} has no message before the assistant's")
+    if not response.strip():
+        raise DataError(f"{where}: {name}[{len(turns) - 1}]: field 'content' is empty")
+    return Example(render_turns(history), response, _key(record, fields.key, where), history)
 
 
 def _string(record: Mapping[str, Any], field: str, where: str) -> str:

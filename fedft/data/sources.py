@@ -13,6 +13,7 @@ from collections.abc import Callable
 from fedft.config import DataConfig
 from fedft.data.builtin import builtin_task
 from fedft.data.examples import Example, read_csv, read_jsonl
+from fedft.data.hf_datasets import hf_examples
 from fedft.data.packaged import chatterbot_examples, rotten_tomatoes_examples
 
 DataSource = Callable[[DataConfig, int], list[Example]]
@@ -25,13 +26,19 @@ def _fields(data: DataConfig) -> dict[str, str]:
         "response_field": data.response_field,
         "text_field": data.text_field,
         "key_field": data.key_field,
+        "input_field": data.input_field,
     }
+
+
+def _jsonl(data: DataConfig, seed: int) -> list[Example]:
+    return read_jsonl(data.path, messages_field=data.messages_field, **_fields(data))
 
 
 DATA_SOURCES: dict[str, DataSource] = {
     "builtin": lambda data, seed: builtin_task(data.num_examples, seed),
-    "jsonl": lambda data, seed: read_jsonl(data.path, **_fields(data)),
+    "jsonl": _jsonl,
     "csv": lambda data, seed: read_csv(data.path, **_fields(data)),
+    "hf": lambda data, seed: hf_examples(data),
     "chatterbot": lambda data, seed: chatterbot_examples(),
     "rotten_tomatoes": lambda data, seed: rotten_tomatoes_examples(),
 }
