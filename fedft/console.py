@@ -79,15 +79,20 @@ def mark_simulation_workers(verbose_mode: bool) -> None:
 
 
 def quiet_worker() -> None:
-    """In a simulation's Ray worker (``fedft simulate`` without ``--verbose``): keep it quiet.
+    """In a ClientApp's process, as fedft's client code is imported: hide library warnings.
 
-    Flower's import there put its warning filter first, and its workers warn as they stop; a
-    deployed SuperNode (no ``FEDFT_VERBOSE`` in its environment) is left as it is.
+    ``FEDFT_VERBOSE=1`` (``fedft simulate -v``, ``fedft client -v``) keeps them. Under
+    ``fedft simulate`` without ``-v`` (``FEDFT_VERBOSE=0``) Flower's log is cut to errors too,
+    since Flower's import there put its warning filter first and its workers warn as they stop.
+    Elsewhere (``flwr run .``, a deployed SuperNode) the run config decides the rest when the
+    first message arrives (:func:`quiet_flower_app`).
     """
-    if os.environ.get(VERBOSE_ENV) != "0":
+    mode = os.environ.get(VERBOSE_ENV)
+    if mode == "1":
         return
     quiet_libraries(False)
-    logging.getLogger("flwr").setLevel(logging.ERROR)
+    if mode == "0":
+        logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
 def quiet_flower_app(run_config: Mapping[str, Any], flower_level: int = logging.WARNING) -> None:
@@ -95,15 +100,32 @@ def quiet_flower_app(run_config: Mapping[str, Any], flower_level: int = logging.
 
     Unless the run config says ``verbose = true`` (``flwr run . -c verbose=true``), library
     chatter and fedft's known Flower notices are hidden as :func:`quiet_libraries` does, and
-    Flower's log shows ``flower_level`` and above. Each app calls it as it starts work: a
-    ClientApp runs in a process (a Ray worker, a ``flwr-clientapp``) whose environment fedft
-    does not set. Under ``fedft simulate`` (``FEDFT_VERBOSE`` set) it does nothing: the
-    command's ``--verbose`` has decided already.
+    Flower's log shows ``flower_level`` and above; with it, what :func:`quiet_worker` hid is
+    shown again (warnings raised while the process started stay hidden). Each app calls it as it
+    starts work: a ClientApp runs in a process (a Ray worker, a ``flwr-clientapp``) whose
+    environment fedft does not set. Under ``fedft simulate`` (``FEDFT_VERBOSE`` set) it does
+    nothing: the command's ``--verbose`` has decided already.
     """
-    if os.environ.get(VERBOSE_ENV) is not None or _truthy(run_config.get("verbose", False)):
+    if os.environ.get(VERBOSE_ENV) is not None:
         return
+    if _truthy(run_config.get("verbose", False)):
+        _loud_libraries()
+        return
+    with contextlib.suppress(ImportError):
+        # Its import puts a "once" filter for DeprecationWarning first; the simulation engine
+        # imports it beside a running ServerApp: imported now, fedft's filters go above it.
+        import flwr.simulation.ray_transport.utils  # noqa: F401
     quiet_libraries(False)
     logging.getLogger("flwr").setLevel(flower_level)
+
+
+def _loud_libraries() -> None:
+    """Show library deprecation and future warnings, and fedft's known Flower notices."""
+    ours = {("ignore", None, category, None, 0) for category in (DeprecationWarning, FutureWarning)}
+    warnings.filters[:] = [f for f in warnings.filters if f not in ours]
+    flwr_log = logging.getLogger("flwr")
+    for log_filter in [f for f in flwr_log.filters if isinstance(f, _DropNotices)]:
+        flwr_log.removeFilter(log_filter)
 
 
 def _truthy(value: object) -> bool:
