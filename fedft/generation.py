@@ -146,7 +146,7 @@ def score_generation(
             break
         if not ex.prompt:
             continue
-        ids = encode_prompt(ex.prompt, tokenizer, template, chat)
+        ids = encode_prompt(ex.prompt, tokenizer, template, chat, ex.history)
         if max_prompt_tokens and len(ids) > max_prompt_tokens:
             continue
         chosen.append((ex, ids))
