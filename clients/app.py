@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Literal
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import zo_sync
 from clients.runtimes import runtime_for, torch_lora
 from fedft.config import Scenario
 from fedft.console import quiet_flower_app
-from fedft.flower_records import config_to_scenario, record_to_factors
+from fedft.flower_records import config_int, config_to_scenario, record_to_factors
 
 app = ClientApp()
 
 
 def _setup(msg: Message, context: Context) -> tuple[Scenario, int]:
     quiet_flower_app(context.run_config, logging.ERROR)  # unless `-c verbose=true`
-    scenario = config_to_scenario(msg.content["config"], context.state)
+    scenario = config_to_scenario(msg.content.config_records["config"], context.state)
     torch.set_num_threads(scenario.simulation.threads_per_client)
     partition_id = int(context.node_config["partition-id"])
     data_path = str(context.node_config.get("data-path", ""))  # `fedft client --data FILE`
@@ -42,7 +43,7 @@ def own_data_scenario(scenario: Scenario, partition_id: int, data_path: str) -> 
     data. Model, LoRA, training and zo settings are the server's; client settings are this
     partition's.
     """
-    source = "csv" if data_path.lower().endswith(".csv") else "jsonl"
+    source: Literal["csv", "jsonl"] = "csv" if data_path.lower().endswith(".csv") else "jsonl"
     return dataclasses.replace(
         scenario,
         data=dataclasses.replace(scenario.data, source=source, path=data_path, max_examples=0),
@@ -59,7 +60,7 @@ def own_data_scenario(scenario: Scenario, partition_id: int, data_path: str) -> 
 def train(msg: Message, context: Context) -> Message:
     """Train the round on this node's partition with its runtime; reply with the update."""
     scenario, partition_id = _setup(msg, context)
-    server_round = int(msg.content["config"]["server-round"])
+    server_round = config_int(msg.content.config_records["config"], "server-round")
     node = int(context.node_config["partition-id"])  # unique per node, even on own data
     node_backend = str(context.node_config.get("backend", ""))  # `fedft client --backend`
     backend = node_backend or scenario.client_for(partition_id).backend
@@ -67,7 +68,7 @@ def train(msg: Message, context: Context) -> Message:
     if zo_run:  # the server sends what this node missed: history to replay, or factors
         start = zo_sync.synced_factors(scenario, context, msg)
     else:
-        start = record_to_factors(msg.content["arrays"])
+        start = record_to_factors(msg.content.array_records["arrays"])
     runtime = runtime_for(backend, zo_run)
     reply = runtime.train_round(scenario, partition_id, start, server_round, node)
     return Message(content=reply.content(scenario, partition_id), reply_to=msg)
@@ -78,9 +79,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global LoRA factors on this node's eval split."""
     scenario, partition_id = _setup(msg, context)
     result = torch_lora.evaluate_round(
-        scenario, partition_id, record_to_factors(msg.content["arrays"])
+        scenario, partition_id, record_to_factors(msg.content.array_records["arrays"])
     )
-    metrics = {
+    metrics: dict[str, MetricRecordValues] = {
         "eval_loss": result.loss,
         "accuracy": result.accuracy,
         "num-examples": float(max(result.examples, 1)),

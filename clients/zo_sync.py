@@ -16,6 +16,7 @@ from fedft.errors import ReplyError
 from fedft.flower_records import (
     ZO_CHECKPOINT_ROUND_KEY,
     ZO_HISTORY_KEY,
+    config_int,
     factors_to_record,
     record_to_factors,
 )
@@ -30,19 +31,21 @@ STATE_SYNC = "fedft-zo-sync"
 
 def synced_factors(scenario: Scenario, context: Context, msg: Message) -> dict[str, torch.Tensor]:
     """Bring this node's copy of the global factors to the start of the message's round."""
-    state, config = context.state, msg.content["config"]
-    server_round = int(config["server-round"])
+    state, config = context.state, msg.content.config_records["config"]
+    server_round = config_int(config, "server-round")
     if STATE_FACTORS in state.array_records:
         factors = record_to_factors(state.array_records[STATE_FACTORS])
-        synced = int(state.config_records[STATE_SYNC]["round"])
+        synced = config_int(state.config_records[STATE_SYNC], "round")
     else:
         model, _ = client_model(scenario, int(context.node_config["partition-id"]))
         factors, synced = initial_state(model, scenario.zo.trainable_modules), 0
     if "arrays" in msg.content.array_records:
         factors = record_to_factors(msg.content.array_records["arrays"])
-        synced = int(config[ZO_CHECKPOINT_ROUND_KEY])
+        synced = config_int(config, ZO_CHECKPOINT_ROUND_KEY)
     history = config.get(ZO_HISTORY_KEY, b"")
     if history:
+        if not isinstance(history, bytes):
+            raise ReplyError(f"config entry {ZO_HISTORY_KEY!r} must be bytes")
         missed = [
             h
             for h in decode_history(

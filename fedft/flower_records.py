@@ -66,6 +66,14 @@ def _check_record_sizes(record: ArrayRecord, template: Mapping[str, torch.Tensor
             )
 
 
+def config_int(config: ConfigRecord, key: str) -> int:
+    """``int(config[key])`` for a number entry; :class:`ReplyError` naming the key otherwise."""
+    value = config[key]
+    if not isinstance(value, int | float):  # (bool is an int)
+        raise ReplyError(f"config entry {key!r} must be a number, got {type(value).__name__}")
+    return int(value)
+
+
 def record_nbytes(record: ArrayRecord) -> int:
     """Payload bytes of an ArrayRecord: serialized array data plus key names."""
     return record.count_bytes()

@@ -10,6 +10,7 @@ raises :class:`~fedft.errors.ReplyError`; a strategy only aggregates.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -96,7 +97,9 @@ class ReplyCodec:
         content = msg.content
         metrics, num_examples = self.reply_metrics(content)
         node = msg.metadata.src_node_id
-        common = {"node_id": node, "num_examples": num_examples, "metrics": metrics}
+        update = functools.partial(
+            ClientUpdate, node_id=node, num_examples=num_examples, metrics=metrics
+        )
         if ZO_REPLY_KEY in content.config_records:
             payload, records = self.zo_records(content, node)
             factors = rebuild_factors(
@@ -104,20 +107,20 @@ class ReplyCodec:
             )
             self.check_factors(factors, num_examples, metrics)
             metrics["zo_rebuild_exact"] = self.check_digest(metrics, "end_digest", factors, node)
-            return ClientUpdate(factors=factors, bytes_up=len(payload), records=records, **common)
+            return update(factors=factors, bytes_up=len(payload), records=records)
         if UPDATE_KEY in content.config_records:
-            payload = content.config_records[UPDATE_KEY].get(UPDATE_KEY)
-            if not isinstance(payload, bytes):
+            encoded = content.config_records[UPDATE_KEY].get(UPDATE_KEY)
+            if not isinstance(encoded, bytes):
                 raise ReplyError(f"reply: `{UPDATE_KEY}.{UPDATE_KEY}` must be bytes")
-            factors = decode_update(payload, template=self.global_factors)
+            factors = decode_update(encoded, template=self.global_factors)
             self.check_factors(factors, num_examples, metrics)
-            return ClientUpdate(factors=factors, bytes_up=len(payload), **common)
+            return update(factors=factors, bytes_up=len(encoded))
         if len(content.array_records) != 1:
             raise ReplyError("reply must hold exactly one ArrayRecord (or a zo record)")
         record = next(iter(content.array_records.values()))
         factors = record_to_factors(record, template=self.global_factors)
         self.check_factors(factors, num_examples, metrics)
-        return ClientUpdate(factors=factors, bytes_up=record_nbytes(record), **common)
+        return update(factors=factors, bytes_up=record_nbytes(record))
 
     def decode_zo(self, msg: Message) -> ClientUpdate:
         """A ``zo`` run's reply: its records only (aggregated per seed, not rebuilt one by one)."""
