@@ -25,7 +25,7 @@ from typing import cast
 
 import torch
 from peft import PeftModel
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedft.config import Scenario
 from fedft.data import EncodedDataset, Example
@@ -117,7 +117,8 @@ def _response_logits(
     its weights): where the architecture allows, it is applied to the predicting positions only.
     """
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    if getattr(base.config, "model_type", "") in _HEAD_ONLY_ON_RESPONSES:
+    model_type = getattr(base.config, "model_type", "")
+    if isinstance(base, PreTrainedModel) and model_type in _HEAD_ONLY_ON_RESPONSES:
         decoder = cast(torch.nn.Module, base.get_decoder())
         head = cast(torch.nn.Module, base.get_output_embeddings())
         hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, w, h)
