@@ -13,7 +13,8 @@
   rounds, ``exact_match``, ``rouge_l``, ``gen_examples``, ``gen_s`` of the global model's greedy
   answers (:mod:`fedft.evaluation`); ``local_eval_loss``, ``local_token_accuracy``,
   ``local_exact_match``, ``local_rouge_l``: the clients' own figures on their own eval splits
-  after local training (personalisation), weighted by their eval examples.
+  after local training (personalisation), averaged over the round's clients weighted by their
+  training examples (loss, token accuracy) or by the answers they scored (exact match, ROUGE-L).
 
 With ``eval.tensorboard`` every round's numbers also go, as scalars named ``round/<key>``, into
 TensorBoard event files in ``<run_dir>/tensorboard`` (``tensorboardX``: ``fedft[tensorboard]``).
