@@ -122,7 +122,8 @@ def quiet_flower_app(run_config: Mapping[str, Any], flower_level: int = logging.
 def _loud_libraries() -> None:
     """Show library deprecation and future warnings, and fedft's known Flower notices."""
     ours = {("ignore", None, category, None, 0) for category in (DeprecationWarning, FutureWarning)}
-    warnings.filters[:] = [f for f in warnings.filters if f not in ours]
+    # typeshed declares warnings.filters a Sequence; it is the module's list, edited in place
+    warnings.filters[:] = [f for f in warnings.filters if f not in ours]  # type: ignore[index]
     flwr_log = logging.getLogger("flwr")
     for log_filter in [f for f in flwr_log.filters if isinstance(f, _DropNotices)]:
         flwr_log.removeFilter(log_filter)
