@@ -1,8 +1,10 @@
 """fedft's Flower ClientApp: translate messages to and from the node's client runtime.
 
-A train message becomes the round's start factors (:mod:`clients.zo_sync` in a zo run), the node's
-runtime (:func:`clients.runtimes.runtime_for`, by its backend) trains, and its reply
-(:mod:`clients.replies`) becomes the message content. Every node evaluates with torch.
+A train message becomes the round's start factors (:mod:`clients.zo_sync` in a zo run,
+:mod:`clients.ferret_sync` in a ferret run), the node's runtime
+(:func:`clients.runtimes.runtime_for`, by its backend) trains, and its reply
+(:mod:`clients.replies`; in a ferret run projected by :func:`clients.ferret_client.ferret_reply`)
+becomes the message content. Every node evaluates with torch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import torch
 from flwr.app import Context, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import zo_sync
+from clients import ferret_sync, zo_sync
+from clients.ferret_client import FerretReply, ferret_reply
 from clients.runtimes import runtime_for, torch_lora
 from fedft.config import Scenario
 from fedft.console import quiet_flower_app
@@ -65,12 +68,17 @@ def train(msg: Message, context: Context) -> Message:
     node_backend = str(context.node_config.get("backend", ""))  # `fedft client --backend`
     backend = node_backend or scenario.client_for(partition_id).backend
     zo_run = scenario.federation.strategy == "zo"
+    ferret_run = scenario.federation.strategy == "ferret"
     if zo_run:  # the server sends what this node missed: history to replay, or factors
         start = zo_sync.synced_factors(scenario, context, msg)
+    elif ferret_run:  # the same, with Ferret's aggregates
+        start = ferret_sync.synced_factors(scenario, context, msg)
     else:
         start = record_to_factors(msg.content.array_records["arrays"])
     runtime = runtime_for(backend, zo_run)
     reply = runtime.train_round(scenario, partition_id, start, server_round, node)
+    if ferret_run and not isinstance(reply, FerretReply):  # every first-order node projects
+        reply = ferret_reply(reply, scenario, start, server_round, node)
     return Message(content=reply.content(scenario, partition_id), reply_to=msg)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from fedft.errors import ConfigError
 from fedft.schema import build, check, to_dict
 
-STRATEGIES = ("fedit", "lora_fair", "zo")
+STRATEGIES = ("fedit", "lora_fair", "zo", "ferret")
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ class FerretSection:
     server rebuilds ``sum_k p_k Delta_k`` per block (``scaling``: ``unbiased``, ``1 / n_b``, or
     ``projection``, the MSE-optimal ``1 / (n_b + d_b - 1)``) and applies it times ``server_lr``.
     ``block_size = 0`` groups tensors into blocks of about 0.9 x the median tensor size, as the
-    reference does. ``trainable_modules`` as ``zo.trainable_modules`` (empty: the LoRA factors).
+    reference does. What trains is the LoRA factors.
     """
 
     # The reference's default is 4096 and its scripts use 200; K bounds one block's coordinates.
@@ -252,7 +252,6 @@ class FerretSection:
     scaling: Literal["unbiased", "projection"] = "unbiased"
     coord_encoding: Literal["int8", "fp32"] = "int8"
     block_size: int = 0
-    trainable_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check(2 <= self.pool_size <= 2**16, "ferret.pool_size", "must be in [2, 65536]")
@@ -380,7 +379,7 @@ class EvalSection:
         return server_round % self.generate_every == 0 or server_round == num_rounds
 
 
-BACKENDS = ("torch", "ort", "zo")
+BACKENDS = ("torch", "ort", "zo", "ferret")
 """``client.backend`` names: each has its runtimes in ``clients/runtimes/`` (registered by these
 names; ``tests/unit/test_runtime_registry.py`` checks the two agree)."""
 QUANTIZATIONS = ("none", "int8", "nf4")
@@ -513,6 +512,14 @@ class Scenario:
                 self.federation.strategy != "zo",
                 "robust.aggregator",
                 "a zo run sums bounded scalars per seed: only 'mean' applies",
+            )
+
+        backends = {self.client.backend, *(g.backend for g in self.client_groups if g.backend)}
+        if self.federation.strategy == "ferret":
+            check(
+                "zo" not in backends,
+                "client.backend",
+                "a ferret run takes first-order clients (torch, ort, ferret), not 'zo'",
             )
 
         if self.zo.trainable_modules:

@@ -25,6 +25,9 @@ ZO_REPLY_KEY = "zo"  # ConfigRecord of a zo client's reply: {"records": <fedft.v
 UPDATE_KEY = "update"  # ConfigRecord of a torch reply: {"update": <fedft.v1.LoraUpdate bytes>}
 ZO_HISTORY_KEY = "zo-history"  # train config entry: <fedft.v1.ZoHistory bytes> to catch up
 ZO_CHECKPOINT_ROUND_KEY = "zo-checkpoint-round"  # train config entry when arrays are sent instead
+FERRET_REPLY_KEY = "ferret"  # ConfigRecord of a Ferret reply: {"coords": <fedft.v1.FerretReply>}
+FERRET_HISTORY_KEY = "ferret-history"  # train config entry: <fedft.v1.FerretHistory bytes>
+FERRET_CHECKPOINT_ROUND_KEY = "ferret-checkpoint-round"  # train config entry with the arrays
 
 
 def factors_to_record(factors: Mapping[str, torch.Tensor]) -> ArrayRecord:

@@ -39,6 +39,7 @@ def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
     common = {
         "on_client": on_client,
         "zo": scenario.zo,
+        "ferret": scenario.ferret,
         "run_seed": scenario.run.seed,
         "num_clients": fed.num_clients,
         "robust": scenario.robust,

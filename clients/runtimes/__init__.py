@@ -8,6 +8,8 @@ module            backend       steps            runtime
 ``torch_zo``      ``torch``     ``zeroth_order`` SPSA steps on the factors, torch forward passes
                   ``zo``        ``zeroth_order``
 ``ort_zo``        ``ort``       ``zeroth_order`` SPSA steps, ONNX Runtime forward-only graph
+``torch_ferret``  ``ferret``    ``first_order``  ``torch_lora``'s round sent as Ferret coordinates
+                  ``ferret``    ``zeroth_order`` (``torch_zo``)
 ================  ============  ===============  ================================================
 
 A runtime class subclasses :class:`ClientRuntime` and registers itself for a (backend, steps)

@@ -235,3 +235,8 @@ def rebuild_(
     )
     entry = FerretRound(round, pool_size, aggregate_coordinates([slots], [1.0]))
     apply_round_(tensors, blocks, entry, run_seed, server_lr)
+
+
+def prefer_replay(num_entries: int, trainable_numel: int) -> bool:
+    """A client's catch-up: the missed aggregates (True) when smaller than the fp32 factors."""
+    return history_bytes(num_entries) < 4 * trainable_numel

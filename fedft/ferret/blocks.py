@@ -20,7 +20,7 @@ directions (their estimation noise averages out in the aggregate).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from fedft.errors import FedftError
+from fedft.wire.order import zo_order
 from fedft.zo.rng import Layout
 from fedft.zo.seeds import _absorb, _check_pool_size
 
@@ -219,3 +220,8 @@ def flat_blocks(tensors: Sequence[Array], blocks: Sequence[Block]) -> list[Array
         else:
             out.append(np.concatenate(parts))
     return out
+
+
+def state_blocks(state: Mapping[str, Array], block_size: int = 0) -> tuple[Block, ...]:
+    """The blocks of a trainable state (name -> tensor), its tensors taken in zo order."""
+    return blocks_of([(name, tuple(state[name].shape)) for name in zo_order(state)], block_size)

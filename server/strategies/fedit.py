@@ -22,9 +22,15 @@ from fedft.algorithms.validation import (
     update_norm,
     validate_factors,
 )
-from fedft.config import RobustSection, Scenario, ZoSection
+from fedft.config import FerretSection, RobustSection, Scenario, ZoSection
 from fedft.errors import ReplyError
-from fedft.flower_records import factors_to_record, record_to_factors, without_scenario
+from fedft.flower_records import (
+    FERRET_REPLY_KEY,
+    factors_to_record,
+    record_to_factors,
+    without_scenario,
+)
+from server.ferret_replies import decode_ferret
 from server.replies import ClientUpdate, ReplyCodec
 from server.strategies import register_strategy
 
@@ -54,6 +60,8 @@ class FedIT(FedAvg):
         Called as ``on_client(server_round, update, bytes_down)`` for every accepted reply.
     zo : ZoSection, optional
         Seed pool and step settings that zo replies (mixed or ``zo`` runs) are checked against.
+    ferret : FerretSection, optional
+        Pool, scaling and server lr that Ferret replies (mixed or ``ferret`` runs) are rebuilt with.
     run_seed : int
         The run's seed, from which every round's seed pool derives.
     num_clients : int, optional
@@ -68,6 +76,7 @@ class FedIT(FedAvg):
         self,
         on_client: ClientLog | None = None,
         zo: ZoSection | None = None,
+        ferret: FerretSection | None = None,
         run_seed: int = 0,
         num_clients: int | None = None,
         robust: RobustSection | None = None,
@@ -77,6 +86,7 @@ class FedIT(FedAvg):
         self.on_client = on_client
         self.robust = robust or RobustSection()
         self.zo = zo or ZoSection()
+        self.ferret = ferret or FerretSection()
         self.run_seed = run_seed
         self.replies = ReplyCodec(
             self.zo, run_seed, num_clients, self.robust, weighted_by_key=self.weighted_by_key
@@ -268,7 +278,12 @@ class FedIT(FedAvg):
         return [updates[k] for k in kept]
 
     def parse_reply(self, msg: Message) -> ClientUpdate:
-        """Decode and check a reply of any kind (:meth:`server.replies.ReplyCodec.decode`)."""
+        """Decode and check a reply of any kind (:meth:`server.replies.ReplyCodec.decode`).
+
+        A Ferret client's factors are rebuilt from its coordinates (:mod:`server.ferret_replies`).
+        """
+        if FERRET_REPLY_KEY in msg.content.config_records:
+            return decode_ferret(self.replies, msg, self.ferret)[0]
         return self.replies.decode(msg)
 
     def aggregate_factors(

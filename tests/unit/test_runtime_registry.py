@@ -7,6 +7,7 @@ from clients.replies import FactorReply, ZoReply
 from clients.runtimes import load_runtimes, register_runtime, runtime_for
 from clients.runtimes.ort_lora import OrtLora
 from clients.runtimes.ort_zo import OrtZo
+from clients.runtimes.torch_ferret import TorchFerret
 from clients.runtimes.torch_lora import TorchLora
 from clients.runtimes.torch_zo import TorchZo
 from fedft.config import BACKENDS, Scenario
@@ -33,6 +34,8 @@ def test_every_backend_can_step_zeroth_order():  # a zo run takes any node
         ("ort", True, OrtZo),
         ("zo", False, TorchZo),  # a zo device in a fedit run: its records are rebuilt
         ("zo", True, TorchZo),
+        ("ferret", False, TorchFerret),  # first-order, replies with Ferret coordinates
+        ("ferret", True, TorchZo),
     ],
 )
 def test_runtime_for_picks_the_backends_runtime_for_the_run(backend, zo_run, cls):
@@ -41,7 +44,8 @@ def test_runtime_for_picks_the_backends_runtime_for_the_run(backend, zo_run, cls
 
 def test_an_unknown_backend_is_a_config_error_naming_the_key():
     with pytest.raises(
-        ConfigError, match=r"`client.backend`: unknown backend 'tpu' \(known: ort, torch, zo\)"
+        ConfigError,
+        match=r"`client.backend`: unknown backend 'tpu' \(known: ferret, ort, torch, zo\)",
     ):
         runtime_for("tpu", zo_run=False)
 

@@ -1,0 +1,78 @@
+"""Ferret on the client: a first-order round's update, sent as coordinates along shared directions.
+
+Any first-order runtime trains the round (:class:`clients.runtimes.torch_lora.TorchLora`, on a
+float or quantized base, or :class:`clients.runtimes.ort_lora.OrtLora`, ONNX Runtime training);
+:func:`ferret_reply` projects its update ``Delta = start - end`` block by block onto the round's
+shared directions (:func:`fedft.ferret.aggregate.client_coordinates`) and sends it as a
+``fedft.v1.FerretReply``. The client's own end state is not kept: every party applies the round's
+aggregate instead (:mod:`clients.ferret_sync`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ConfigRecord, RecordDict
+
+from clients.replies import Reply
+from fedft.config import Scenario
+from fedft.factors import factors_digest
+from fedft.ferret.aggregate import client_coordinates
+from fedft.ferret.blocks import state_blocks
+from fedft.flower_records import FERRET_REPLY_KEY
+from fedft.wire.ferret import encode_ferret_reply
+from fedft.wire.order import in_zo_order
+from fedft.zo.seeds import seed_pool_id
+
+
+@dataclass(frozen=True)
+class FerretReply(Reply):
+    """Ferret coordinates; ``factors`` are the client's trained ones (not sent)."""
+
+    payload: bytes  # the encoded fedft.v1.FerretReply
+
+    def update(self, scenario: Scenario) -> RecordDict:
+        """``{"ferret": {"coords": <fedft.v1.FerretReply bytes>}}``."""
+        return RecordDict({FERRET_REPLY_KEY: ConfigRecord({"coords": self.payload})})
+
+
+def ferret_reply(
+    trained: Reply,
+    scenario: Scenario,
+    start: Mapping[str, torch.Tensor],
+    server_round: int,
+    node: int,
+) -> FerretReply:
+    """Project a first-order round (``start`` -> ``trained.factors``) into a Ferret reply.
+
+    ``node`` (the node's index in the scenario) sets the seed windows of its blocks.
+    """
+    ferret = scenario.ferret
+    started = time.perf_counter()
+    end = {name: trained.factors[name].detach().to("cpu", torch.float32) for name in start}
+    coordinates = client_coordinates(
+        in_zo_order(start),
+        in_zo_order(end),
+        state_blocks(start, ferret.block_size),
+        run_seed=scenario.run.seed,
+        round=server_round,
+        client=node,
+        pool_size=ferret.pool_size,
+    )
+    payload = encode_ferret_reply(
+        coordinates,
+        pool_id=seed_pool_id(scenario.run.seed, server_round, ferret.pool_size),
+        round=server_round,
+        client=node,
+        encoding=ferret.coord_encoding,
+    )
+    metrics = {
+        **trained.metrics,
+        "project_s": time.perf_counter() - started,
+        "coords": float(sum(coordinates.counts)),
+        "start_digest": float(factors_digest(start)),
+    }
+    return FerretReply(factors=trained.factors, metrics=metrics, payload=payload)

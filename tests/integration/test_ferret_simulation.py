@@ -1,0 +1,66 @@
+"""Real Flower simulations of Ferret: a ferret run with catch-up, Ferret clients in mixed rounds."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+COMMON = ["train.local_steps=10", "ferret.pool_size=32", "ferret.server_lr=0.5"]
+FEDIT_UPDATE_BYTES = 17_696 * 4  # the default scenario's LoRA factors, fp32: a fedit reply's size
+
+
+def simulate(out, *overrides):
+    args = [sys.executable, "-m", "fedft.cli", "simulate", str(ROOT / "simulations/default.toml")]
+    for o in [*COMMON, *overrides]:
+        args += ["--set", o]
+    proc = subprocess.run(args + ["--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "dropped reply" not in proc.stderr, proc.stderr[-3000:]
+    assert not re.search(r"node \d+ failed", proc.stderr), proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "round"], [r for r in rows if r["kind"] == "client"]
+
+
+def test_ferret_run_learns_with_kilobytes_and_nodes_catch_up_exactly(tmp_path):
+    # 3 of 5 clients a round: nodes miss rounds and apply the missed aggregates when sampled again.
+    rounds, clients = simulate(
+        tmp_path / "ferret",
+        "federation.strategy='ferret'",
+        "federation.num_rounds=3",
+        "federation.fraction_train=0.6",
+        "federation.min_train_clients=3",
+    )
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    losses = [r["eval_loss"] for r in rounds]
+    assert losses[3] < losses[2] < losses[0] - 1.0
+    assert len(clients) == 9
+    for c in clients:
+        assert c["ferret_synced_exact"] == 1.0  # the node's copy equals the server's global state
+        assert c["bytes_up"] < FEDIT_UPDATE_BYTES / 50  # < 2 % of a fedit reply
+        assert c["bytes_up"] <= c["coords"] + 30 * 5 + 64  # a byte a coordinate, scales, header
+    partitions = {r: {c["partition"] for c in clients if c["round"] == r} for r in (1, 2, 3)}
+    returning = [
+        c for c in clients if c["round"] == 3 and c["partition"] in partitions[1] - partitions[2]
+    ]
+    assert returning, partitions  # someone missed round 2 and caught up (replayed rounds 1-2)
+    assert all(0 < c["bytes_down"] < FEDIT_UPDATE_BYTES for c in returning)
+
+
+def test_ferret_clients_join_a_lora_fair_round(tmp_path):
+    rounds, clients = simulate(
+        tmp_path / "mixed",
+        "federation.strategy='lora_fair'",
+        "federation.num_rounds=2",
+        "client_groups=[{partitions=[0, 1], backend='ferret'}]",
+    )
+    assert rounds[-1]["eval_loss"] < rounds[0]["eval_loss"] - 1.0
+    ferret_rows = [c for c in clients if "coords" in c]
+    first_order = [c for c in clients if "coords" not in c]
+    assert len(ferret_rows) == 4 and len(first_order) == 6
+    assert all(c["ferret_synced_exact"] == 1.0 for c in ferret_rows)
+    assert max(c["bytes_up"] for c in ferret_rows) * 50 < min(c["bytes_up"] for c in first_order)
