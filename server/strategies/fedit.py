@@ -1,8 +1,7 @@
-"""FedIT on Flower: FedAvg of LoRA factors, with every reply validated before it is averaged."""
+"""FedIT on Flower: FedAvg of LoRA factors, every reply screened before it is averaged."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -14,22 +13,15 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedft.algorithms.fedavg import weighted_average
-from fedft.algorithms.robust import coordinate_median, krum_select, trimmed_mean
-from fedft.algorithms.validation import (
-    bounded_weights,
-    check_lora_products,
-    norm_outliers,
-    update_norm,
-    validate_factors,
-)
+from fedft.algorithms.robust import coordinate_median, trimmed_mean
 from fedft.config import FerretSection, RobustSection, Scenario, ZoSection
-from fedft.errors import ReplyError
 from fedft.flower_records import (
     FERRET_REPLY_KEY,
     factors_to_record,
     record_to_factors,
     without_scenario,
 )
+from server import screening
 from server.ferret_replies import decode_ferret
 from server.replies import ClientUpdate, ReplyCodec
 from server.strategies import register_strategy
@@ -42,17 +34,16 @@ ClientLog = Callable[[int, ClientUpdate, int], None]
 
 @register_strategy("fedit")
 class FedIT(FedAvg):
-    """Weighted FedAvg of each LoRA factor (FedIT), validating every reply first.
+    """Weighted FedAvg of each LoRA factor (FedIT), screening every reply first.
 
-    Subclasses override :meth:`aggregate_factors` (and :meth:`commit`, for state beyond the
-    factors) only; validation, logging of dropped replies and byte accounting stay here.
-
-    What a round's replies go through, in order: one reply per node (a later one is dropped);
-    per reply, :class:`server.replies.ReplyCodec` (decode any kind, layout, finiteness, update
-    limits, finite ``B A``); the norm-outlier test (>= 3 replies); weights capped by
-    :func:`fedft.algorithms.validation.bounded_weights`; at least ``min_train_nodes`` replies;
-    Krum's selection if configured; the aggregate, checked finite before it becomes the global
-    state. Any failure past the replies leaves the global state as it was, logged with the round.
+    Of Flower's :class:`~flwr.serverapp.strategy.FedAvg`, it replaces the two methods a LoRA
+    strategy must: :meth:`configure_train` (each node's own content: the scenario's text only
+    until the node holds it, a zo node's catch-up; bytes counted) and :meth:`aggregate_train`
+    (replies decoded by the shared :class:`server.replies.ReplyCodec` and screened by
+    :mod:`server.screening`, then aggregated). Subclasses override the hooks only:
+    :meth:`aggregate_factors` (the aggregate), :meth:`decode` (what a reply must be),
+    :meth:`node_content` (what a node is sent), :meth:`commit` and :meth:`state` (what they keep
+    beyond the factors). Any failure past the replies leaves the global state as it was.
 
     Parameters
     ----------
@@ -114,7 +105,10 @@ class FedIT(FedAvg):
     ) -> Iterable[Message]:
         """One message per sampled node (:meth:`node_content`), its bytes counted.
 
-        Also remembers the round's global factors, the reference every reply is checked against.
+        A node that replied without error holds the scenario's text (``clients/app.py`` keeps it
+        in the node's state) and gets its digest only; a node whose reply was an error gets the
+        text again. Also remembers the round's global factors, the reference every reply is
+        checked against.
         """
         self.current_round = server_round
         self.global_factors = record_to_factors(arrays)
@@ -124,60 +118,40 @@ class FedIT(FedAvg):
             grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes)
         )
         config = ConfigRecord({**config, "server-round": server_round})
-        messages, self.bytes_down = [], {}
+        self.sent, self.bytes_down = [], {}
         for node in node_ids:
-            content = self.node_content(node, arrays, self.config_for(node, config))
-            messages.append(Message(content, node, MessageType.TRAIN))
+            node_config = without_scenario(config) if node in self.scenario_holders else config
+            content = self.node_content(node, arrays, node_config)
+            self.sent.append(Message(content, node, MessageType.TRAIN))
             self.bytes_down[node] = sum(record.count_bytes() for record in content.values())
-        self.sent = messages
-        return messages
+        return self.sent
 
     def node_content(self, node: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         """What ``node`` is sent this round: the global factors and the config (FedIT)."""
         return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
 
-    def config_for(self, node: int, config: ConfigRecord) -> ConfigRecord:
-        """The round's config for ``node``: the scenario's text only if the node may lack it.
-
-        A node that replied without error holds the text (``clients/app.py`` keeps it in the
-        node's state) and gets its digest only; a node whose reply was an error gets the text again.
-        """
-        return without_scenario(config) if node in self.scenario_holders else config
-
-    def destination(self, reply: Message) -> int:
-        """The node an instruction went to; an error reply comes from the SuperLink, not it."""
-        for sent in self.sent:  # message ids are set when the Grid pushes the instructions
-            if sent.metadata.message_id == reply.metadata.reply_to_message_id:
-                return sent.metadata.dst_node_id
-        return reply.metadata.src_node_id
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Screen the replies (see the class docstring), aggregate the rest, check the result.
+        """Screen the replies (:mod:`server.screening`), aggregate the rest, check the result.
 
         Never raises for what a reply holds: a bad reply is dropped with a log line naming the
         node, and a round whose aggregation fails keeps the global state, logged with the round.
         """
-        updates = self.screen(server_round, replies)
-        needed = max(1, self.min_train_nodes)
-        if len(updates) < needed:
-            log.warning(
-                "round %d: %d valid replies, fewer than the %d a round needs "
-                "(federation.min_train_clients); the global state is unchanged",
-                server_round,
-                len(updates),
-                needed,
-            )
+        screened = screening.screen_replies(
+            server_round, replies, self.sent, self.decode, self.global_factors, self.robust
+        )
+        self.scenario_holders = (self.scenario_holders | screened.answered) - screened.failed
+        updates = screened.updates
+        if not screening.has_quorum(server_round, updates, self.min_train_nodes):
             return None, MetricRecord()
         # A fixed order (the clients' partition ids) makes float sums, and so runs, reproducible.
         updates.sort(key=lambda u: u.order)
         started = time.perf_counter()
         try:
-            kept = self.select(server_round, updates)
+            kept = screening.select_replies(server_round, updates, self.robust)
             factors, metrics = self.aggregate_factors(server_round, kept)
-            validate_factors(factors, self.global_factors, 1.0)
-            check_lora_products(factors)
+            screening.check_aggregate(factors, self.global_factors)
             self.commit(server_round, kept)
         except Exception as err:  # a bug or an unforeseen reply must never end the run
             log.error(
@@ -193,91 +167,7 @@ class FedIT(FedAvg):
         metrics["aggregate_s"] = time.perf_counter() - started
         return factors_to_record(factors), MetricRecord(metrics)
 
-    def screen(self, server_round: int, replies: Iterable[Message]) -> list[ClientUpdate]:
-        """The round's valid replies: decoded, checked, outliers dropped, weights bounded."""
-        updates, seen = [], set()
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                node = self.destination(msg)
-                self.scenario_holders.discard(node)
-                log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
-                continue
-            if node in seen or node not in self.bytes_down:
-                why = "a second reply this round" if node in seen else "it was sent nothing"
-                log.warning("round %d: dropped reply of node %d: %s", server_round, node, why)
-                continue
-            seen.add(node)
-            self.scenario_holders.add(node)
-            try:
-                updates.append(self.parse_reply(msg))
-            except ReplyError as err:
-                log.warning("round %d: dropped reply of node %d: %s", server_round, node, err)
-            except Exception as err:  # a decoder's gap must drop the reply, not end the run
-                log.warning(
-                    "round %d: dropped reply of node %d: malformed (%s: %s)",
-                    server_round,
-                    node,
-                    type(err).__name__,
-                    err,
-                )
-        return self.bound_weights(server_round, self.drop_norm_outliers(server_round, updates))
-
-    def bound_weights(self, server_round: int, updates: list[ClientUpdate]) -> list[ClientUpdate]:
-        """Cap each reply's weight (:func:`fedft.algorithms.validation.bounded_weights`), logged."""
-        claims = [u.num_examples for u in updates]
-        weights = bounded_weights(claims, self.robust.max_num_examples, self.robust.median_multiple)
-        for update, claim, weight in zip(updates, claims, weights, strict=True):
-            if weight < claim:
-                log.warning(
-                    "round %d: node %d claims %.6g examples; weighted as %.6g "
-                    "(robust.max_num_examples, robust.median_multiple x the round's median)",
-                    server_round,
-                    update.node_id,
-                    claim,
-                    weight,
-                )
-        return [
-            dataclasses.replace(u, num_examples=w) for u, w in zip(updates, weights, strict=True)
-        ]
-
-    def drop_norm_outliers(
-        self, server_round: int, updates: list[ClientUpdate]
-    ) -> list[ClientUpdate]:
-        """Drop, with a log line naming the node, replies whose change dwarfs the others'.
-
-        See :func:`fedft.algorithms.validation.norm_outliers`; needs >= 3 replies with factors.
-        """
-        if len(updates) < 3 or not all(u.factors for u in updates):
-            return updates
-        factor = self.robust.norm_outlier_factor
-        norms = [update_norm(u.factors, self.global_factors) for u in updates]
-        outliers = set(norm_outliers(norms, factor))
-        for k in sorted(outliers):
-            log.warning(
-                "round %d: dropped reply of node %d: update norm %.4g is more than %g x the "
-                "median of the others'",
-                server_round,
-                updates[k].node_id,
-                norms[k],
-                factor,
-            )
-        return [u for k, u in enumerate(updates) if k not in outliers]
-
-    def select(self, server_round: int, updates: list[ClientUpdate]) -> list[ClientUpdate]:
-        """The replies Krum / Multi-Krum keep (``robust.aggregator``); all of them otherwise."""
-        aggregator = self.robust.aggregator
-        if aggregator not in ("krum", "multi_krum") or not all(u.factors for u in updates):
-            return updates
-        f = self.robust.byzantine
-        keep = 1 if aggregator == "krum" else max(1, len(updates) - f)
-        kept = krum_select([u.factors for u in updates], f, keep)
-        left = [u.node_id for k, u in enumerate(updates) if k not in kept]
-        if left:
-            log.info("round %d: %s left out nodes %s", server_round, aggregator, left)
-        return [updates[k] for k in kept]
-
-    def parse_reply(self, msg: Message) -> ClientUpdate:
+    def decode(self, msg: Message) -> ClientUpdate:
         """Decode and check a reply of any kind (:meth:`server.replies.ReplyCodec.decode`).
 
         A Ferret client's factors are rebuilt from its coordinates (:mod:`server.ferret_replies`).

@@ -93,7 +93,7 @@ class FerretStrategy(FedIT):
             node_config[FERRET_HISTORY_KEY] = self.encoded[synced]
         return content
 
-    def parse_reply(self, msg: Message) -> ClientUpdate:
+    def decode(self, msg: Message) -> ClientUpdate:
         """Decode a Ferret reply, rebuild and check its factors, keep its scaled coordinates."""
         update, slots = decode_ferret(self.replies, msg, self.ferret)
         self.slots[update.node_id] = slots

@@ -81,7 +81,7 @@ class ZoStrategy(FedIT):
             node_config[ZO_HISTORY_KEY] = self.encoded[synced]
         return content
 
-    def parse_reply(self, msg: Message) -> ClientUpdate:
+    def decode(self, msg: Message) -> ClientUpdate:
         """Decode a zo reply (no tensors: the records are aggregated, not rebuilt one by one)."""
         return self.replies.decode_zo(msg)
 

@@ -311,14 +311,14 @@ def test_random_hostile_replies_never_make_the_state_non_finite(kind, data):
 
 
 def test_a_zo_aggregate_that_fails_its_final_check_is_not_kept_in_the_history(monkeypatch):
-    import server.strategies.fedit as fedit
+    import server.screening as screening
 
     strategy = make_strategy("zo")
 
     def refuse(factors):
-        raise fedit.ReplyError("refused by the final check")
+        raise screening.ReplyError("refused by the final check")
 
-    monkeypatch.setattr(fedit, "check_lora_products", refuse)
+    monkeypatch.setattr(screening, "check_lora_products", refuse)
     assert run_round(strategy, good_replies("zo")) is None
     assert strategy.history == [] and strategy.synced == {}
     monkeypatch.undo()
