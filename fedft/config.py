@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping
@@ -19,8 +20,7 @@ from typing import Any, Literal
 
 from fedft.errors import ConfigError
 from fedft.schema import build, check, to_dict
-
-STRATEGIES = ("fedit", "lora_fair", "zo", "ferret")
+from fedft.strategies import STRATEGIES, StrategySpec
 
 
 @dataclass(frozen=True)
@@ -178,13 +178,30 @@ class FederationConfig:
         )
         check(self.round_timeout_s > 0, "federation.round_timeout_s", "must be > 0")
 
+    @property
+    def spec(self) -> StrategySpec:
+        """What the configured strategy is and can do (:mod:`fedft.strategies`)."""
+        return STRATEGIES[self.strategy]
+
 
 @dataclass(frozen=True)
-class LoraFairSection:
-    """The LoRA-FAIR residual solve (``federation.strategy = "lora_fair"``).
+class LoraFairConfig:
+    """The ``[lora_fair]`` table: the LoRA-FAIR residual solve (``strategy = "lora_fair"``).
 
-    ``dB* = argmin S(dW, (B_bar + dB) A_bar) + lam ||dB||``, ``steps`` gradient steps of size
-    ``lr``, stopping early once the objective moves by at most ``tol`` (0 disables).
+    ``dB* = argmin S(dW, (B_bar + dB) A_bar) + lam ||dB||_F`` (Bian et al., arXiv 2411.14961),
+    solved by :func:`fedft.algorithms.lora_fair.correct_module`; the defaults are the paper's
+    scripts'.
+
+    Parameters
+    ----------
+    lam : float
+        Weight ``lam >= 0`` of the ``||dB||_F`` regulariser.
+    steps : int
+        Maximum number of gradient steps (``0`` returns the plain averages).
+    lr : float
+        Gradient-descent step size, ``> 0``.
+    tol : float
+        Early stop when the objective changes by at most ``tol`` in one step; ``0`` disables it.
     """
 
     lam: float = 0.01
@@ -193,10 +210,16 @@ class LoraFairSection:
     tol: float = 1e-7
 
     def __post_init__(self) -> None:
-        check(self.lam >= 0, "lora_fair.lam", f"must be >= 0, got {self.lam}")
-        check(self.steps >= 0, "lora_fair.steps", f"must be >= 0, got {self.steps}")
-        check(self.lr > 0, "lora_fair.lr", f"must be > 0, got {self.lr}")
-        check(self.tol >= 0, "lora_fair.tol", f"must be >= 0, got {self.tol}")
+        ok = {
+            "lam": math.isfinite(self.lam) and self.lam >= 0,
+            "steps": isinstance(self.steps, int) and self.steps >= 0,
+            "lr": math.isfinite(self.lr) and self.lr > 0,
+            "tol": math.isfinite(self.tol) and self.tol >= 0,
+        }
+        bounds = {"lam": ">= 0", "steps": "an integer >= 0", "lr": "> 0", "tol": ">= 0"}
+        for key, good in ok.items():
+            value = getattr(self, key)
+            check(good, f"lora_fair.{key}", f"must be finite and {bounds[key]}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -475,7 +498,7 @@ class Scenario:
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
-    lora_fair: LoraFairSection = field(default_factory=LoraFairSection)
+    lora_fair: LoraFairConfig = field(default_factory=LoraFairConfig)
     zo: ZoSection = field(default_factory=ZoSection)
     ferret: FerretSection = field(default_factory=FerretSection)
     robust: RobustSection = field(default_factory=RobustSection)
@@ -499,20 +522,17 @@ class Scenario:
                 )
                 seen.add(pid)
 
-        aggregator = self.robust.aggregator
-        if aggregator in ("median", "trimmed_mean"):
-            check(
-                self.federation.strategy == "fedit",
-                "robust.aggregator",
-                f"{aggregator!r} combines factors coordinate-wise: fedit only (LoRA-FAIR's target "
-                "is the weighted mean of B_k A_k, zo's the weighted sum per seed); use krum",
+        aggregator, spec = self.robust.aggregator, self.federation.spec
+        if aggregator not in spec.aggregators:
+            takers = [name for name, other in STRATEGIES.items() if aggregator in other.aggregators]
+            why = (
+                f"a {spec.name} run sums bounded scalars per seed: only 'mean' applies"
+                if spec.shared_seeds
+                else f"{aggregator!r} combines factors coordinate-wise: {', '.join(takers)} only "
+                "(LoRA-FAIR's target is the weighted mean of B_k A_k, zo's the weighted sum per "
+                "seed); use krum"
             )
-        if aggregator != "mean":
-            check(
-                self.federation.strategy != "zo",
-                "robust.aggregator",
-                "a zo run sums bounded scalars per seed: only 'mean' applies",
-            )
+            check(False, "robust.aggregator", why)
 
         backends = {self.client.backend, *(g.backend for g in self.client_groups if g.backend)}
         if self.federation.strategy == "ferret":
@@ -524,7 +544,7 @@ class Scenario:
 
         if self.zo.trainable_modules:
             check(
-                self.federation.strategy == "zo",
+                spec.shared_seeds,
                 "zo.trainable_modules",
                 "module weights can only be trained in a zo run (federation.strategy = 'zo')",
             )
@@ -538,6 +558,14 @@ class Scenario:
                     "zo.trainable_modules",
                     "module weights need float torch clients (no quantization, no ort backend)",
                 )
+
+    @property
+    def trained_modules(self) -> tuple[str, ...]:
+        """The modules whose whole weights the run trains; ``()``: it trains the LoRA factors.
+
+        ``zo.trainable_modules``, which only a shared-seed (zo) run may set.
+        """
+        return self.zo.trainable_modules if self.federation.spec.shared_seeds else ()
 
     def client_for(self, partition_id: int) -> ClientConfig:
         """The client settings of one partition: ``[client]`` with its group's overrides."""

@@ -48,12 +48,14 @@ def _data_lines(scenario: Scenario) -> list[str]:
 def _strategy_line(scenario: Scenario) -> str:
     fed = scenario.federation
     parts = [f"`{fed.strategy}`", f"fraction_train {fed.fraction_train}"]
-    if fed.strategy == "lora_fair":
-        lf = scenario.lora_fair
-        parts.append(f"lam {lf.lam}, {lf.steps} steps, lr {lf.lr}")
-    if fed.strategy == "zo":
-        zo = scenario.zo
-        parts.append(f"zo: {zo.local_steps} local steps, lr {zo.lr}, eps {zo.eps}")
+    lf, zo, fe = scenario.lora_fair, scenario.zo, scenario.ferret
+    settings = {  # each strategy's own table (fedft.strategies), as the card shows it
+        "lora_fair": f"lam {lf.lam}, {lf.steps} steps, lr {lf.lr}",
+        "zo": f"zo: {zo.local_steps} local steps, lr {zo.lr}, eps {zo.eps}",
+        "ferret": f"ferret: pool {fe.pool_size}, {fe.scaling} scaling, server lr {fe.server_lr}",
+    }
+    if fed.spec.settings:
+        parts.append(settings[fed.spec.settings])
     return "- **Strategy**: " + ", ".join(parts)
 
 

@@ -165,9 +165,8 @@ def write_outputs(
     Path
         The adapter folder, or the weights file.
     """
-    modules = scenario.zo.trainable_modules if scenario.federation.strategy == "zo" else ()
     folder = run_dir if final else round_folder(run_dir, server_round)
-    if modules:
+    if scenario.trained_modules:
         folder.mkdir(parents=True, exist_ok=True)
         return save_module_weights(factors, folder / "zo_weights.safetensors")
     adapter = run_dir / "adapter" if final else folder

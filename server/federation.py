@@ -1,4 +1,11 @@
-"""The server side of one fedft run: build the strategy, run the rounds, write the run folder."""
+"""The server side of one fedft run: set up, run the rounds, checkpoint each, write the run folder.
+
+:func:`run_federation` reads as torchtune's recipes do: :meth:`Federation.setup` builds the parts
+(model, global eval set, recorder, strategy), :meth:`Federation.start` evaluates the initial model
+or restores a checkpoint, then each round is :meth:`Federation.run_round` (sample, send, screen
+and aggregate, evaluate) and :meth:`Federation.checkpoint`; :meth:`Federation.finish` writes the
+final outputs.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedft.config import Scenario
 from fedft.console import Status
@@ -82,6 +92,189 @@ def send_and_receive(
     return replies
 
 
+@dataclass
+class ClientRecords:
+    """Records every accepted reply in ``metrics.jsonl`` (the strategy's ``on_client``)."""
+
+    recorder: RunRecorder
+    accepted: int = 0
+
+    def __call__(self, server_round: int, update: ClientUpdate, bytes_down: int) -> None:
+        """Record ``update``, accepted in ``server_round`` after ``bytes_down`` bytes sent."""
+        self.accepted += 1
+        metrics = {**update.metrics, "bytes_down": bytes_down, "bytes_up": update.bytes_up}
+        self.recorder.client(server_round, update.node_id, metrics)
+
+
+@dataclass
+class RoundProgress:
+    """The terminal's progress line while a round's replies come in (``send_and_receive``)."""
+
+    status: Status
+    server_round: int
+    num_rounds: int
+    started: float = field(default_factory=time.monotonic)
+
+    def __call__(self, replied: int, sent: int) -> None:
+        """Show how many of the ``sent`` instructions have ``replied``."""
+        elapsed = time.monotonic() - self.started
+        self.status.show(
+            f"round {self.server_round}/{self.num_rounds}: {replied}/{sent} clients done, "
+            f"{elapsed:.0f} s"
+        )
+
+
+@dataclass
+class Federation:
+    """The parts of one run, built by :meth:`setup`; :func:`run_federation` drives them."""
+
+    scenario: Scenario
+    run_dir: Path
+    resume: bool
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    eval_examples: tuple  # the global eval set, as text (generation metrics)
+    global_eval: list
+    recorder: RunRecorder
+    clients: ClientRecords
+    strategy: FedIT
+    device: torch.device
+    base_ref: str
+    train_config: ConfigRecord  # the round's config every node gets (the scenario, then its digest)
+    status: Status = field(default_factory=Status)  # erased before each round's line
+
+    @classmethod
+    def setup(cls, scenario: Scenario, run_dir: Path) -> Federation:
+        """Load the model and the global eval set, open the run folder, build the strategy.
+
+        With ``run.resume_dir`` set, the run folder is that one (its scenario must be the same).
+        """
+        resume = bool(scenario.run.resume_dir)
+        if resume:
+            run_dir = Path(scenario.run.resume_dir)
+            check_same_scenario(scenario, run_dir)
+        model, tokenizer = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
+        data = scenario.data
+        eval_examples = federated_data(scenario).global_eval
+        global_eval = encode_examples(
+            list(eval_examples),
+            tokenizer,
+            data.max_length,
+            template=data.template,
+            chat=data.chat,
+        )
+        fed = scenario.federation
+        recorder = RunRecorder(run_dir, stored_config(scenario), fed.num_rounds, resume=resume)
+        clients = ClientRecords(recorder)
+        return cls(
+            scenario=scenario,
+            run_dir=run_dir,
+            resume=resume,
+            model=model,
+            tokenizer=tokenizer,
+            eval_examples=eval_examples,
+            global_eval=global_eval,
+            recorder=recorder,
+            clients=clients,
+            strategy=build_strategy(scenario, clients),
+            device=select_device("auto"),
+            base_ref="" if scenario.trained_modules else base_reference(scenario, run_dir),
+            train_config=scenario_to_config(scenario),
+        )
+
+    def start(self) -> tuple[ArrayRecord, int]:
+        """The global state to start from and the first round to run.
+
+        A new run evaluates its initial state as round 0; a resumed one restores its checkpoint
+        (the strategy's state too) and drops the metrics of any round after it.
+        """
+        if not self.resume:
+            arrays = factors_to_record(initial_state(self.model, self.scenario.trained_modules))
+            self.evaluate(0, arrays, None)
+            return arrays, 1
+        ckpt = load_checkpoint(self.run_dir)
+        self.strategy.load_state(ckpt.strategy_state)
+        self.recorder.truncate_after(ckpt.round)
+        log.info("resuming %s after round %d", self.run_dir, ckpt.round)
+        return factors_to_record(ckpt.factors), ckpt.round + 1
+
+    def run_round(
+        self, grid: Grid, server_round: int, arrays: ArrayRecord, stop: threading.Event | None
+    ) -> ArrayRecord:
+        """Sample and instruct the clients, screen and aggregate their replies, evaluate.
+
+        Returns the new global state (the old one when no aggregate was accepted).
+        """
+        fed = self.scenario.federation
+        # Sampling is seeded per round, so a resumed run samples as the uninterrupted one.
+        random.seed(self.scenario.run.seed * 1_000_003 + server_round)
+        messages = self.strategy.configure_train(server_round, arrays, self.train_config, grid)
+        progress = RoundProgress(self.status, server_round, fed.num_rounds)
+        try:
+            replies = send_and_receive(grid, messages, fed.round_timeout_s, stop, progress)
+        finally:
+            self.status.clear()
+        new_arrays, strategy_metrics = self.strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        self.evaluate(server_round, arrays, strategy_metrics)
+        return arrays
+
+    def evaluate(
+        self, server_round: int, arrays: ArrayRecord, strategy_metrics: MetricRecord | None
+    ) -> None:
+        """Evaluate ``arrays`` on the global eval set; record it with the strategy's metrics."""
+        num_rounds = self.scenario.federation.num_rounds
+        self.status.show(f"round {server_round}/{num_rounds}: evaluating the global model")
+        set_trainable_(self.model, record_to_factors(arrays), self.scenario.trained_modules)
+        metrics = global_metrics(
+            self.model,
+            self.tokenizer,
+            self.global_eval,
+            self.eval_examples,
+            self.scenario,
+            server_round,
+            self.device,
+        )
+        self.status.clear()
+        self.recorder.round(server_round, {**metrics, **(strategy_metrics or {})})
+
+    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Write the round's ``run.save_every`` outputs, then its checkpoint (a kill reruns)."""
+        factors = record_to_factors(arrays)
+        save_every = self.scenario.run.save_every
+        if save_every and server_round % save_every == 0:
+            self.write(factors, server_round, final=False)
+        sampling = {"sampling": "random.seed(run.seed * 1000003 + round)"}
+        state = Checkpoint(server_round, factors, self.strategy.state(), sampling)
+        save_checkpoint(self.run_dir, state)
+
+    def write(self, factors: dict[str, torch.Tensor], server_round: int, final: bool) -> None:
+        """Write the adapter (or module weights) of ``server_round``."""
+        write_outputs(
+            self.model,
+            factors,
+            self.tokenizer,
+            self.scenario,
+            self.run_dir,
+            server_round,
+            self.base_ref,
+            final,
+        )
+
+    def finish(self, arrays: ArrayRecord, trained: bool) -> Path:
+        """Write the final outputs and the plot; refuse a run in which nothing was accepted."""
+        if trained and not self.clients.accepted:
+            raise FedftError(
+                "no client reply was accepted in any round (see the log lines above): "
+                "nothing trained"
+            )
+        self.write(record_to_factors(arrays), self.scenario.federation.num_rounds, final=True)
+        self.recorder.finish()
+        log.info("run folder: %s", self.run_dir)
+        return self.run_dir
+
+
 def run_federation(
     grid: Grid, scenario: Scenario, run_dir: Path, stop: threading.Event | None = None
 ) -> Path:
@@ -92,102 +285,10 @@ def run_federation(
     Setting ``stop`` ends the run with :class:`Interrupted` while it waits for replies, so the
     folder keeps the last completed round and nothing half-written.
     """
-    resume = bool(scenario.run.resume_dir)
-    if resume:
-        run_dir = Path(scenario.run.resume_dir)
-        check_same_scenario(scenario, run_dir)
-    model, tokenizer = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
-    data = scenario.data
-    eval_examples = federated_data(scenario).global_eval
-    global_eval = encode_examples(
-        list(eval_examples),
-        tokenizer,
-        data.max_length,
-        template=data.template,
-        chat=data.chat,
-    )
-    recorder = RunRecorder(
-        run_dir, stored_config(scenario), scenario.federation.num_rounds, resume=resume
-    )
-
-    accepted: list[int] = []
-
-    def on_client(server_round: int, update: ClientUpdate, bytes_down: int) -> None:
-        accepted.append(update.node_id)
-        metrics = {**update.metrics, "bytes_down": bytes_down, "bytes_up": update.bytes_up}
-        recorder.client(server_round, update.node_id, metrics)
-
-    strategy = build_strategy(scenario, on_client)
-    modules = scenario.zo.trainable_modules if scenario.federation.strategy == "zo" else ()
-    device = select_device("auto")
-
-    status = Status()  # a progress line on a terminal, erased before each round's line
-    num_rounds = scenario.federation.num_rounds
-
-    def evaluate_global(
-        server_round: int, arrays: ArrayRecord, strategy_metrics: MetricRecord | None = None
-    ) -> None:
-        status.show(f"round {server_round}/{num_rounds}: evaluating the global model")
-        set_trainable_(model, record_to_factors(arrays), modules)
-        metrics = global_metrics(
-            model, tokenizer, global_eval, eval_examples, scenario, server_round, device
-        )
-        status.clear()
-        recorder.round(server_round, {**metrics, **(strategy_metrics or {})})
-
-    if resume:
-        ckpt = load_checkpoint(run_dir)
-        strategy.load_state(ckpt.strategy_state)
-        recorder.truncate_after(ckpt.round)
-        arrays, first = factors_to_record(ckpt.factors), ckpt.round + 1
-        log.info("resuming %s after round %d", run_dir, ckpt.round)
-    else:
-        arrays, first = factors_to_record(initial_state(model, modules)), 1
-        evaluate_global(0, arrays)
-    train_config = scenario_to_config(scenario)
-    base_ref = "" if modules else base_reference(scenario, run_dir)
-    save_every = scenario.run.save_every
-    for server_round in range(first, scenario.federation.num_rounds + 1):
-        # Sampling is seeded per round, so a resumed run samples as the uninterrupted one.
-        random.seed(scenario.run.seed * 1_000_003 + server_round)
-        messages = strategy.configure_train(server_round, arrays, train_config, grid)
-        round_started = time.monotonic()
-
-        def waiting(replied: int, sent: int, r: int = server_round, t0: float = round_started):
-            elapsed = time.monotonic() - t0
-            status.show(f"round {r}/{num_rounds}: {replied}/{sent} clients done, {elapsed:.0f} s")
-
-        try:
-            replies = send_and_receive(
-                grid, messages, scenario.federation.round_timeout_s, stop, waiting
-            )
-        finally:
-            status.clear()
-        new_arrays, strategy_metrics = strategy.aggregate_train(server_round, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
-        evaluate_global(server_round, arrays, strategy_metrics)
-        if save_every and server_round % save_every == 0:  # before the checkpoint: a kill reruns it
-            factors = record_to_factors(arrays)
-            write_outputs(
-                model, factors, tokenizer, scenario, run_dir, server_round, base_ref, False
-            )
-        save_checkpoint(
-            run_dir,
-            Checkpoint(
-                server_round,
-                record_to_factors(arrays),
-                strategy.state(),
-                {"sampling": "random.seed(run.seed * 1000003 + round)"},
-            ),
-        )
-    if first <= scenario.federation.num_rounds and not accepted:
-        raise FedftError(
-            "no client reply was accepted in any round (see the log lines above): nothing trained"
-        )
-    final = record_to_factors(arrays)
+    federation = Federation.setup(scenario, run_dir)
+    arrays, first = federation.start()
     last = scenario.federation.num_rounds
-    write_outputs(model, final, tokenizer, scenario, run_dir, last, base_ref, True)
-    recorder.finish()
-    log.info("run folder: %s", run_dir)
-    return run_dir
+    for server_round in range(first, last + 1):
+        arrays = federation.run_round(grid, server_round, arrays, stop)
+        federation.checkpoint(server_round, arrays)
+    return federation.finish(arrays, trained=first <= last)

@@ -17,22 +17,53 @@ from collections.abc import Mapping, Sequence
 import torch
 
 
-def normalized_weights(weights: Sequence[float]) -> list[float]:
-    """Return ``weights / sum(weights)``, checking they are finite, >= 0 and not all zero.
+def normalized_weights(weights: Sequence[float], count: int | None = None) -> list[float]:
+    """Return ``p_k = w_k / sum_j w_j``, checking the weights are finite, >= 0 and not all zero.
+
+    The one weight normaliser of fedft: FedIT's average, LoRA-FAIR's solve and the zo sum per seed
+    all weigh their clients with it. The sum is :func:`math.fsum`, correctly rounded (exact for
+    integer example counts).
+
+    Parameters
+    ----------
+    weights : Sequence[float]
+        One non-negative weight per client (e.g. its example count).
+    count : int, optional
+        The number of clients the weights are for; checked when given.
+
+    Raises
+    ------
+    ValueError
+        A weight is negative or not finite, they sum to 0, there are none, or not ``count``.
 
     Examples
     --------
     >>> normalized_weights([1, 3])
     [0.25, 0.75]
     """
+    if count is not None and len(weights) != count:
+        raise ValueError(f"{count} clients but {len(weights)} weights")
     if not weights:
         raise ValueError("no client weights: nothing to aggregate")
-    if any(not (w >= 0 and w < float("inf")) for w in weights):
-        raise ValueError(f"client weights must be finite and >= 0, got {list(weights)}")
-    total = math.fsum(float(w) for w in weights)  # correctly rounded: exact for integer counts
+    for k, w in enumerate(weights):
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"weight of client {k} must be finite and >= 0, got {w!r}")
+    total = math.fsum(float(w) for w in weights)
     if total <= 0:
         raise ValueError("client weights sum to 0 (every client reported 0 examples)")
     return [float(w) / total for w in weights]
+
+
+def weighted_sum(tensors: Sequence[torch.Tensor], p: Sequence[float]) -> torch.Tensor:
+    """Return ``sum_k p_k X_k``, accumulated in float64, in the first tensor's dtype.
+
+    ``p`` is used as given (normalise it first with :func:`normalized_weights`).
+    """
+    first = tensors[0]
+    acc = torch.zeros(first.shape, dtype=torch.float64)
+    for p_k, tensor in zip(p, tensors, strict=True):
+        acc += p_k * tensor.to(torch.float64)
+    return acc.to(first.dtype)
 
 
 def weighted_average(
@@ -55,10 +86,4 @@ def weighted_average(
     if len(states) != len(weights):
         raise ValueError(f"{len(states)} client states but {len(weights)} weights")
     p = normalized_weights(weights)
-    out: dict[str, torch.Tensor] = {}
-    for name, first in states[0].items():
-        acc = torch.zeros(first.shape, dtype=torch.float64)
-        for p_k, state in zip(p, states, strict=True):
-            acc += p_k * state[name].to(torch.float64)
-        out[name] = acc.to(first.dtype)
-    return out
+    return {name: weighted_sum([state[name] for state in states], p) for name in states[0]}

@@ -60,48 +60,18 @@ from dataclasses import dataclass
 
 import torch
 
+from fedft.algorithms.fedavg import normalized_weights
+from fedft.config import LoraFairConfig
 from fedft.errors import FedftError
 
 _F64 = torch.float64
 # Squared norms below this fraction of their upper bound are rounding residue: treated as zero.
 _ZERO_REL = 1e-24
+DEFAULT_CONFIG = LoraFairConfig()  # the paper's scripts: lam 0.01, 500 steps, lr 0.01
 
 
 class LoraFairError(FedftError, ValueError):
     """LoRA factors or weights that LoRA-FAIR cannot aggregate; the message names the culprit."""
-
-
-@dataclass(frozen=True)
-class LoraFairConfig:
-    """Hyper-parameters of the residual solve (defaults from the paper's scripts).
-
-    Parameters
-    ----------
-    lam : float
-        Weight ``lam >= 0`` of the ``||dB||_F`` regulariser.
-    steps : int
-        Maximum number of gradient steps (``0`` returns the plain averages).
-    lr : float
-        Gradient-descent step size, ``> 0``.
-    tol : float
-        Early stop when the objective changes by at most ``tol`` in one step; ``0`` disables it.
-    """
-
-    lam: float = 0.01
-    steps: int = 500
-    lr: float = 0.01
-    tol: float = 1e-7
-
-    def __post_init__(self) -> None:
-        checks = {
-            "lam": math.isfinite(self.lam) and self.lam >= 0,
-            "steps": isinstance(self.steps, int) and self.steps >= 0,
-            "lr": math.isfinite(self.lr) and self.lr > 0,
-            "tol": math.isfinite(self.tol) and self.tol >= 0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise LoraFairError(f"`{key}` is invalid: got {getattr(self, key)!r}")
 
 
 @dataclass(frozen=True)
@@ -205,17 +175,18 @@ class ModuleCorrection:
         )
 
 
-def _normalized_weights(weights: Sequence[float], n_clients: int) -> list[float]:
-    """Return ``p_k = w_k / sum_j w_j``; the weights must be finite, >= 0, not all 0."""
-    if len(weights) != n_clients or n_clients == 0:
-        raise LoraFairError(f"{n_clients} clients but {len(weights)} weights")
-    for i, w in enumerate(weights):
-        if not (math.isfinite(w) and w >= 0):
-            raise LoraFairError(f"weight of client {i} must be finite and >= 0, got {w!r}")
-    total = math.fsum(float(w) for w in weights)
-    if total <= 0:
-        raise LoraFairError("client weights sum to 0")
-    return [float(w) / total for w in weights]
+def client_weights(weights: Sequence[float], n_clients: int) -> list[float]:
+    """``p_k = w_k / sum_j w_j`` (:func:`fedft.algorithms.fedavg.normalized_weights`).
+
+    Raises
+    ------
+    LoraFairError
+        The weights are not ``n_clients`` finite numbers >= 0 with a positive sum.
+    """
+    try:
+        return normalized_weights(weights, n_clients)
+    except ValueError as err:
+        raise LoraFairError(str(err)) from None
 
 
 def factor_products(
@@ -237,7 +208,7 @@ def factor_products(
         the message names ``name`` and the client index.
     """
     _check_factors(a_list, b_list, name)
-    p = torch.tensor(_normalized_weights(weights, len(a_list)), dtype=_F64)
+    p = torch.tensor(client_weights(weights, len(a_list)), dtype=_F64)
     # Whole-stack operations: one parallel region each, not one per client.
     a_stack = torch.stack(list(a_list)).to(_F64)  # (n, r, k)
     b_stack = torch.stack(list(b_list), dim=1).to(_F64) * p[:, None]  # (d, n, r): p_k B_k
@@ -268,7 +239,7 @@ def correct_module(
     a_list: Sequence[torch.Tensor],
     b_list: Sequence[torch.Tensor],
     weights: Sequence[float],
-    config: LoraFairConfig = LoraFairConfig(),
+    config: LoraFairConfig = DEFAULT_CONFIG,
     name: str = "module",
 ) -> ModuleCorrection:
     """Apply LoRA-FAIR to one LoRA module (equations in the module docstring).

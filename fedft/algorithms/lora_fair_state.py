@@ -13,17 +13,16 @@ from dataclasses import dataclass
 
 import torch
 
+from fedft.algorithms.fedavg import weighted_sum
 from fedft.algorithms.lora_fair import (
-    _F64,
+    DEFAULT_CONFIG,
     LoraFairConfig,
     LoraFairError,
     ModuleSummary,
-    _normalized_weights,
+    client_weights,
     correct_module,
 )
 from fedft.factors import FACTOR_NAME
-
-_DEFAULT_CONFIG = LoraFairConfig()  # the paper's scripts: lam 0.01, 500 steps, lr 0.01
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class LoraFairReport:
 def lora_fair_aggregate(
     client_factors: Sequence[Mapping[str, torch.Tensor]],
     weights: Sequence[float],
-    config: LoraFairConfig = _DEFAULT_CONFIG,
+    config: LoraFairConfig = DEFAULT_CONFIG,
 ) -> tuple[dict[str, torch.Tensor], LoraFairReport]:
     """Aggregate peft LoRA state dicts with LoRA-FAIR, module by module.
 
@@ -78,7 +77,7 @@ def lora_fair_aggregate(
         another form (e.g. peft's in-model ``lora_A.default.weight``), shapes or ranks disagree,
         a value is not finite, or no LoRA factor pair is present.
     """
-    p = _normalized_weights(weights, len(client_factors))
+    p = client_weights(weights, len(client_factors))
     modules, plain = _split_keys(client_factors)
     out: dict[str, torch.Tensor] = {}
     summaries: dict[str, ModuleSummary] = {}
@@ -135,10 +134,9 @@ def _split_keys(
 
 
 def _plain_average(key: str, tensors: Sequence[torch.Tensor], p: Sequence[float]) -> torch.Tensor:
-    """Return ``sum_k p_k X_k`` (float64 accumulation) in the first tensor's dtype."""
+    """Return ``sum_k p_k X_k`` (:func:`~fedft.algorithms.fedavg.weighted_sum`), checked first."""
     first = tensors[0]
-    acc = torch.zeros(first.shape, dtype=_F64)
-    for i, (p_k, tensor) in enumerate(zip(p, tensors, strict=True)):
+    for i, tensor in enumerate(tensors):
         if tensor.shape != first.shape:
             raise LoraFairError(
                 f"`{key}`: client {i} has shape {tuple(tensor.shape)}, client 0 has "
@@ -146,5 +144,4 @@ def _plain_average(key: str, tensors: Sequence[torch.Tensor], p: Sequence[float]
             )
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
             raise LoraFairError(f"`{key}`: client {i} has non-floating or non-finite values")
-        acc += p_k * tensor.to(_F64)
-    return acc.to(first.dtype)
+    return weighted_sum(tensors, p)

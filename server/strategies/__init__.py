@@ -10,8 +10,9 @@ module            strategy
 
 A strategy class registers its name with :func:`register_strategy` and builds itself from the
 scenario with ``from_scenario``: adding one is adding a file here (every module of this package is
-imported when a name is looked up) and its name to ``fedft.config.STRATEGIES``, which the
-Flower-free config validates against (``tests/unit/test_strategy_registry.py`` checks they agree).
+imported when a name is looked up) and its entry to :data:`fedft.strategies.STRATEGIES`, the one
+list of names (with each one's capabilities) that the Flower-free config validates against
+(``tests/unit/test_strategy_registry.py`` checks the registry's names are exactly those).
 """
 
 from __future__ import annotations

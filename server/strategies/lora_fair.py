@@ -7,9 +7,8 @@ from collections.abc import Mapping
 
 import torch
 
-from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.algorithms.lora_fair_state import lora_fair_aggregate
-from fedft.config import Scenario
+from fedft.config import LoraFairConfig, Scenario
 from server.replies import ClientUpdate
 from server.strategies import register_strategy
 from server.strategies.fedit import FedIT
@@ -33,7 +32,7 @@ class LoraFair(FedIT):
     @classmethod
     def from_scenario(cls, scenario: Scenario, **kwargs: object) -> LoraFair:
         """LoRA-FAIR with the scenario's ``[lora_fair]`` solver settings."""
-        return cls(solver=LoraFairConfig(**scenario.lora_fair.__dict__), **kwargs)
+        return cls(solver=scenario.lora_fair, **kwargs)
 
     def aggregate_factors(
         self, server_round: int, updates: list[ClientUpdate]

@@ -12,6 +12,7 @@ from fedft.algorithms.lora_fair import (
     factor_products,
 )
 from fedft.algorithms.lora_fair_state import lora_fair_aggregate
+from fedft.errors import ConfigError
 
 F64 = torch.float64
 
@@ -352,5 +353,5 @@ def test_no_lora_pair_is_an_error():
     [{"lam": -1.0}, {"steps": -1}, {"steps": 1.5}, {"lr": 0.0}, {"lr": math.nan}, {"tol": -1e-9}],
 )
 def test_config_is_validated(kwargs):
-    with pytest.raises(LoraFairError, match=f"`{next(iter(kwargs))}`"):
+    with pytest.raises(ConfigError, match=f"`lora_fair.{next(iter(kwargs))}`"):
         LoraFairConfig(**kwargs)

@@ -2,8 +2,9 @@
 
 import pytest
 
-from fedft.config import STRATEGIES, Scenario
+from fedft.config import Scenario
 from fedft.errors import ConfigError
+from fedft.strategies import STRATEGIES
 from server.federation import build_strategy
 from server.strategies import strategy_class
 from server.strategies.fedit import FedIT
@@ -16,6 +17,14 @@ def test_every_configurable_strategy_is_registered_and_nothing_else():
     from server.strategies import STRATEGIES as REGISTERED
 
     assert sorted(REGISTERED) == sorted(STRATEGIES)
+    assert all(spec.name == name for name, spec in STRATEGIES.items())
+
+
+def test_a_zo_run_is_known_by_its_capability():
+    zo = Scenario.from_dict({"federation": {"strategy": "zo"}, "zo": {"trainable_modules": ["x"]}})
+    assert zo.federation.spec.shared_seeds and zo.trained_modules == ("x",)
+    fedit = Scenario.from_dict({"federation": {"strategy": "fedit"}})
+    assert not fedit.federation.spec.shared_seeds and fedit.trained_modules == ()
 
 
 @pytest.mark.parametrize(
