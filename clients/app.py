@@ -95,3 +95,10 @@ def evaluate(msg: Message, context: Context) -> Message:
         "num-examples": float(max(result.examples, 1)),
     }
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query("partition")
+def partition(msg: Message, context: Context) -> Message:
+    """Reply with the node's partition id, by which the server samples a round (paired runs)."""
+    metrics = MetricRecord({"partition-id": int(context.node_config["partition-id"])})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -10,7 +10,6 @@ final outputs.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -203,11 +202,17 @@ class Federation:
     ) -> ArrayRecord:
         """Sample and instruct the clients, screen and aggregate their replies, evaluate.
 
+        Sampling by partition (``fraction_train < 1``) first asks the nodes it has not heard
+        from for their partition (:mod:`server.partitions`).
+
         Returns the new global state (the old one when no aggregate was accepted).
         """
         fed = self.scenario.federation
-        # Sampling is seeded per round, so a resumed run samples as the uninterrupted one.
-        random.seed(self.scenario.run.seed * 1_000_003 + server_round)
+        queries = self.strategy.configure_query(server_round, grid)  # nodes not heard from yet
+        if queries:
+            answers = send_and_receive(grid, queries, fed.round_timeout_s, stop)
+            self.strategy.aggregate_query(server_round, answers)
+        # A pure function of (seed, round, partitions): a resumed run samples as uninterrupted.
         messages = self.strategy.configure_train(server_round, arrays, self.train_config, grid)
         progress = RoundProgress(self.status, server_round, fed.num_rounds)
         try:
@@ -245,7 +250,7 @@ class Federation:
         save_every = self.scenario.run.save_every
         if save_every and server_round % save_every == 0:
             self.write(factors, server_round, final=False)
-        sampling = {"sampling": "random.seed(run.seed * 1000003 + round)"}
+        sampling = {"sampling": "fedft.sampling.sample_partitions(run.seed, round, partitions)"}
         state = Checkpoint(server_round, factors, self.strategy.state(), sampling)
         save_checkpoint(self.run_dir, state)
 

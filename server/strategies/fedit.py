@@ -21,8 +21,10 @@ from fedft.flower_records import (
     record_to_factors,
     without_scenario,
 )
+from fedft.sampling import sample_partitions, sample_size
 from server import screening
 from server.ferret_replies import decode_ferret
+from server.partitions import PartitionMap
 from server.replies import ClientUpdate, ReplyCodec
 from server.strategies import register_strategy
 
@@ -87,6 +89,9 @@ class FedIT(FedAvg):
         self.bytes_down: dict[int, int] = {}  # per node: tensors and config entries sent to it
         self.scenario_holders: set[int] = set()
         self.sent: list[Message] = []
+        self.partitions = PartitionMap(num_clients)
+        self.queried: list[Message] = []
+        self.sampled: tuple[int, ...] = ()  # the partitions this round trains (fraction_train < 1)
 
     @classmethod
     def from_scenario(cls, scenario: Scenario, **kwargs: object) -> FedIT:
@@ -100,31 +105,56 @@ class FedIT(FedAvg):
     def load_state(self, state: dict) -> None:
         """Restore what :meth:`state` returned."""
 
+    def configure_query(self, server_round: int, grid: Grid) -> list[Message]:
+        """Ask the connected nodes whose partition is unknown for it (``fraction_train < 1``).
+
+        Waits, as Flower's sampling does, until ``min_available_nodes`` are connected. With
+        ``fraction_train = 1`` every node trains, so no partition needs to be known.
+        """
+        _, connected = sample_nodes(grid, self.min_available_nodes, 0)
+        self.queried = [] if self.fraction_train >= 1 else self.partitions.queries(connected)
+        return self.queried
+
+    def aggregate_query(self, server_round: int, replies: Iterable[Message]) -> None:
+        """Learn the partitions the replies to :meth:`configure_query` report."""
+        self.partitions.learn(replies, self.queried)
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """One message per sampled node (:meth:`node_content`), its bytes counted.
 
-        A node that replied without error holds the scenario's text (``clients/app.py`` keeps it
-        in the node's state) and gets its digest only; a node whose reply was an error gets the
-        text again. Also remembers the round's global factors, the reference every reply is
-        checked against.
+        With ``fraction_train < 1`` the round trains the partitions
+        :func:`fedft.sampling.sample_partitions` picks among those of the connected nodes (paired:
+        the same for every strategy with the same seed); otherwise every connected node. A node
+        that replied without error holds the scenario's text (``clients/app.py`` keeps it in the
+        node's state) and gets its digest only; a node whose reply was an error gets the text
+        again. Also remembers the round's global factors, the reference every reply is checked
+        against.
         """
         self.current_round = server_round
         self.global_factors = record_to_factors(arrays)
         self.replies.start_round(server_round, self.global_factors)
-        num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
-        node_ids, _ = sample_nodes(
-            grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes)
-        )
         config = ConfigRecord({**config, "server-round": server_round})
         self.sent, self.bytes_down = [], {}
-        for node in node_ids:
+        for node in self.sample(server_round, grid):
             node_config = without_scenario(config) if node in self.scenario_holders else config
             content = self.node_content(node, arrays, node_config)
             self.sent.append(Message(content, node, MessageType.TRAIN))
             self.bytes_down[node] = sum(record.count_bytes() for record in content.values())
         return self.sent
+
+    def sample(self, server_round: int, grid: Grid) -> list[int]:
+        """The nodes this round trains: by partition (:mod:`fedft.sampling`), or all of them."""
+        connected = sorted(grid.get_node_ids())
+        if self.fraction_train >= 1:
+            self.sampled = ()
+            return connected
+        holders = self.partitions.holders(connected)
+        count = sample_size(len(holders), self.fraction_train, self.min_train_nodes)
+        self.sampled = sample_partitions(self.run_seed, server_round, holders, count)
+        log.info("round %d: sampled partitions %s", server_round, list(self.sampled))
+        return [holders[p] for p in self.sampled]
 
     def node_content(self, node: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         """What ``node`` is sent this round: the global factors and the config (FedIT)."""
@@ -144,7 +174,7 @@ class FedIT(FedAvg):
         self.scenario_holders = (self.scenario_holders | screened.answered) - screened.failed
         updates = screened.updates
         if not screening.has_quorum(server_round, updates, self.min_train_nodes):
-            return None, MetricRecord()
+            return None, self.metric_record({})
         # A fixed order (the clients' partition ids) makes float sums, and so runs, reproducible.
         updates.sort(key=lambda u: u.order)
         started = time.perf_counter()
@@ -160,12 +190,19 @@ class FedIT(FedAvg):
                 type(err).__name__,
                 err,
             )
-            return None, MetricRecord()
+            return None, self.metric_record({})
         if self.on_client is not None:
             for update in updates:
                 self.on_client(server_round, update, self.bytes_down.get(update.node_id, 0))
         metrics["aggregate_s"] = time.perf_counter() - started
-        return factors_to_record(factors), MetricRecord(metrics)
+        return factors_to_record(factors), self.metric_record(metrics)
+
+    def metric_record(self, metrics: dict[str, float]) -> MetricRecord:
+        """The round's strategy metrics, with the partitions it sampled (``fraction_train < 1``)."""
+        record = MetricRecord(metrics)
+        if self.sampled:
+            record["sampled_partitions"] = list(self.sampled)
+        return record
 
     def decode(self, msg: Message) -> ClientUpdate:
         """Decode and check a reply of any kind (:meth:`server.replies.ReplyCodec.decode`).
