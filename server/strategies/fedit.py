@@ -21,10 +21,9 @@ from fedft.flower_records import (
     record_to_factors,
     without_scenario,
 )
-from fedft.sampling import sample_partitions, sample_size
 from server import screening
 from server.ferret_replies import decode_ferret
-from server.partitions import PartitionMap
+from server.partitions import PartitionSampler
 from server.replies import ClientUpdate, ReplyCodec
 from server.strategies import register_strategy
 
@@ -89,9 +88,7 @@ class FedIT(FedAvg):
         self.bytes_down: dict[int, int] = {}  # per node: tensors and config entries sent to it
         self.scenario_holders: set[int] = set()
         self.sent: list[Message] = []
-        self.partitions = PartitionMap(num_clients)
-        self.queried: list[Message] = []
-        self.sampled: tuple[int, ...] = ()  # the partitions this round trains (fraction_train < 1)
+        self.sampler = PartitionSampler(run_seed, num_clients)  # for fraction_train < 1
 
     @classmethod
     def from_scenario(cls, scenario: Scenario, **kwargs: object) -> FedIT:
@@ -112,12 +109,11 @@ class FedIT(FedAvg):
         ``fraction_train = 1`` every node trains, so no partition needs to be known.
         """
         _, connected = sample_nodes(grid, self.min_available_nodes, 0)
-        self.queried = [] if self.fraction_train >= 1 else self.partitions.queries(connected)
-        return self.queried
+        return [] if self.fraction_train >= 1 else self.sampler.queries(connected)
 
     def aggregate_query(self, server_round: int, replies: Iterable[Message]) -> None:
         """Learn the partitions the replies to :meth:`configure_query` report."""
-        self.partitions.learn(replies, self.queried)
+        self.sampler.learn(replies)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -137,24 +133,17 @@ class FedIT(FedAvg):
         self.replies.start_round(server_round, self.global_factors)
         config = ConfigRecord({**config, "server-round": server_round})
         self.sent, self.bytes_down = [], {}
-        for node in self.sample(server_round, grid):
+        nodes = sorted(grid.get_node_ids())
+        if self.fraction_train < 1:
+            nodes = self.sampler.sample(
+                server_round, nodes, self.fraction_train, self.min_train_nodes
+            )
+        for node in nodes:
             node_config = without_scenario(config) if node in self.scenario_holders else config
             content = self.node_content(node, arrays, node_config)
             self.sent.append(Message(content, node, MessageType.TRAIN))
             self.bytes_down[node] = sum(record.count_bytes() for record in content.values())
         return self.sent
-
-    def sample(self, server_round: int, grid: Grid) -> list[int]:
-        """The nodes this round trains: by partition (:mod:`fedft.sampling`), or all of them."""
-        connected = sorted(grid.get_node_ids())
-        if self.fraction_train >= 1:
-            self.sampled = ()
-            return connected
-        holders = self.partitions.holders(connected)
-        count = sample_size(len(holders), self.fraction_train, self.min_train_nodes)
-        self.sampled = sample_partitions(self.run_seed, server_round, holders, count)
-        log.info("round %d: sampled partitions %s", server_round, list(self.sampled))
-        return [holders[p] for p in self.sampled]
 
     def node_content(self, node: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         """What ``node`` is sent this round: the global factors and the config (FedIT)."""
@@ -200,8 +189,8 @@ class FedIT(FedAvg):
     def metric_record(self, metrics: dict[str, float]) -> MetricRecord:
         """The round's strategy metrics, with the partitions it sampled (``fraction_train < 1``)."""
         record = MetricRecord(metrics)
-        if self.sampled:
-            record["sampled_partitions"] = list(self.sampled)
+        if self.fraction_train < 1:
+            record["sampled_partitions"] = list(self.sampler.sampled)
         return record
 
     def decode(self, msg: Message) -> ClientUpdate:

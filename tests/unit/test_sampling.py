@@ -90,7 +90,7 @@ def test_strategies_train_the_predicted_partitions_whatever_the_node_ids(kind):
     for server_round in range(1, 6):
         expected = list(sample_partitions(5, server_round, range(NUM_CLIENTS), 4))
         assert trained_partitions(strategy, grid, partition_of, server_round) == expected
-        assert list(strategy.sampled) == expected
+        assert list(strategy.sampler.sampled) == expected
 
 
 def test_the_sampled_partitions_are_in_the_rounds_metric_record():
@@ -120,7 +120,7 @@ def test_bad_partition_answers_are_ignored_and_named(caplog):
     ]
     with caplog.at_level(logging.WARNING, logger="fedft.server"):
         strategy.aggregate_query(1, replies)
-        assert strategy.partitions.holders(grid.get_node_ids()) == {0: 21}
+        assert strategy.sampler.holders(grid.get_node_ids()) == {0: 21}
     for node in (22, 23, 24, 25):
         assert f"node {node}" in caplog.text
     assert len(strategy.configure_query(2, grid)) == 3  # 22, 23, 25 are asked again
@@ -131,6 +131,8 @@ def test_fraction_one_trains_every_node_without_asking():
     grid = Grid([5, 3, 9])
     assert strategy.configure_query(1, grid) == []
     sent = strategy.configure_train(1, factors_to_record(GLOBAL), ConfigRecord(), grid)
-    assert sorted(m.metadata.dst_node_id for m in sent) == [3, 5, 9] and strategy.sampled == ()
+    assert (
+        sorted(m.metadata.dst_node_id for m in sent) == [3, 5, 9] and strategy.sampler.sampled == ()
+    )
     arrays, metrics = strategy.aggregate_train(1, [array_reply(3, moved(1))])
     assert arrays is not None and "sampled_partitions" not in metrics
