@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from replies import GLOBAL, NUM_CLIENTS, Grid, array_reply, make_strategy, moved
 
-from fedft.records import factors_to_record
+from fedft.flower_records import factors_to_record
 from fedft.sampling import priority, sample_partitions, sample_size
 from server.partitions import PARTITION_QUERY
 
