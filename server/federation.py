@@ -15,15 +15,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
 
 from fedft.config import Scenario
 from fedft.console import Status
-from fedft.data import encode_examples
+from fedft.data import EncodedDataset, Example, encode_examples
 from fedft.devices import select_device
 from fedft.errors import FedftError, Interrupted
 from fedft.evaluation import global_metrics
@@ -58,7 +60,8 @@ def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
         # Rounds go ahead once the minimum is met: a client that drops out does not stall the run.
         "min_available_nodes": fed.min_train_clients,
     }
-    return strategy_class(fed.strategy).from_scenario(scenario, **common)
+    cls = cast("type[FedIT]", strategy_class(fed.strategy))  # every strategy is a FedIT
+    return cls.from_scenario(scenario, **common)
 
 
 def send_and_receive(
@@ -130,10 +133,10 @@ class Federation:
     scenario: Scenario
     run_dir: Path
     resume: bool
-    model: PreTrainedModel
+    model: PeftModel
     tokenizer: PreTrainedTokenizerBase
-    eval_examples: tuple  # the global eval set, as text (generation metrics)
-    global_eval: list
+    eval_examples: tuple[Example, ...]  # the global eval set, as text (generation metrics)
+    global_eval: EncodedDataset
     recorder: RunRecorder
     clients: ClientRecords
     strategy: FedIT
@@ -242,7 +245,8 @@ class Federation:
             self.device,
         )
         self.status.clear()
-        self.recorder.round(server_round, {**metrics, **(strategy_metrics or {})})
+        row: dict[str, Any] = {**metrics, **(strategy_metrics or {})}  # sampled_partitions: a list
+        self.recorder.round(server_round, row)
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
         """Write the round's ``run.save_every`` outputs, then its checkpoint (a kill reruns)."""

@@ -188,10 +188,10 @@ class FedIT(FedAvg):
 
     def metric_record(self, metrics: dict[str, float]) -> MetricRecord:
         """The round's strategy metrics, with the partitions it sampled (``fraction_train < 1``)."""
-        record = MetricRecord(metrics)
+        values: dict[str, int | float | list[int] | list[float]] = {**metrics}
         if self.fraction_train < 1:
-            record["sampled_partitions"] = list(self.sampler.sampled)
-        return record
+            values["sampled_partitions"] = list(self.sampler.sampled)
+        return MetricRecord(values)
 
     def decode(self, msg: Message) -> ClientUpdate:
         """Decode and check a reply of any kind (:meth:`server.replies.ReplyCodec.decode`).

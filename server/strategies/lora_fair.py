@@ -26,7 +26,7 @@ class LoraFair(FedIT):
     """
 
     def __init__(self, solver: LoraFairConfig, **kwargs: object) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # type: ignore[arg-type]
         self.solver = solver
 
     @classmethod
