@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -72,9 +73,9 @@ class FedIT(FedAvg):
         run_seed: int = 0,
         num_clients: int | None = None,
         robust: RobustSection | None = None,
-        **kwargs: object,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.on_client = on_client
         self.robust = robust or RobustSection()
         self.zo = zo or ZoSection()
@@ -91,9 +92,9 @@ class FedIT(FedAvg):
         self.sampler = PartitionSampler(run_seed, num_clients)  # for fraction_train < 1
 
     @classmethod
-    def from_scenario(cls, scenario: Scenario, **kwargs: object) -> FedIT:
+    def from_scenario(cls, scenario: Scenario, **kwargs: Any) -> FedIT:
         """The strategy ``scenario`` configures; ``kwargs`` are the arguments every one takes."""
-        return cls(**kwargs)  # type: ignore[arg-type]
+        return cls(**kwargs)
 
     def state(self) -> dict:
         """JSON-able state beyond the global factors, for checkpoints (none for FedIT)."""

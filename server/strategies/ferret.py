@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -39,8 +40,8 @@ class FerretStrategy(FedIT):
     The run's ``[ferret]`` settings come as FedIT's ``ferret`` argument.
     """
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.history: list[FerretRound] = []
         self.synced: dict[int, int] = {}
         self.slots: dict[int, dict[int, float]] = {}  # this round's scaled coordinates, per node

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -25,12 +26,12 @@ class LoraFair(FedIT):
     ``lora_fair.cos_after``, ``lora_fair.solve_s`` and ``lora_fair.diverged_modules``.
     """
 
-    def __init__(self, solver: LoraFairConfig, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, solver: LoraFairConfig, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.solver = solver
 
     @classmethod
-    def from_scenario(cls, scenario: Scenario, **kwargs: object) -> LoraFair:
+    def from_scenario(cls, scenario: Scenario, **kwargs: Any) -> LoraFair:
         """LoRA-FAIR with the scenario's ``[lora_fair]`` solver settings."""
         return cls(solver=scenario.lora_fair, **kwargs)
 

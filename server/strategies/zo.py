@@ -13,6 +13,7 @@ import base64
 import logging
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -38,8 +39,8 @@ class ZoStrategy(FedIT):
     sampled node is sent exactly what it misses.
     """
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.history: list[RoundAggregate] = []
         self.synced: dict[int, int] = {}
         self.encoded: dict[int, bytes] = {}  # this round's history bytes, per synced round
