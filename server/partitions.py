@@ -60,10 +60,10 @@ class PartitionSampler:
             value = records[0].get(PARTITION_KEY) if len(records) == 1 else None
             limit = self.num_clients
             ok = isinstance(value, int) and value >= 0 and (limit is None or value < limit)
-            if node not in self.asked or not ok:
+            if node not in self.asked or not ok or not isinstance(value, int):  # (ok says int)
                 log.warning("node %d: ignored partition reply %r", node, value)
                 continue
-            self.partition_of[node] = int(value)  # type: ignore[arg-type]
+            self.partition_of[node] = int(value)
 
     def holders(self, connected: Iterable[int]) -> dict[int, int]:
         """Partition id -> node, among the connected nodes whose partition is known.

@@ -80,7 +80,7 @@ def _offline_datasets() -> Any:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        import datasets  # type: ignore[import-untyped]
+        import datasets
     except ImportError:
         raise DataError("`data.source` = 'hf' needs the `datasets` package") from None
     datasets.disable_progress_bars()
