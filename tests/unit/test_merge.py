@@ -9,7 +9,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedft.cli import main
-from tests.unit.test_run_outputs import scenario, write_run
+from tests.unit.runs import scenario, write_run
 
 
 @pytest.fixture(scope="module")

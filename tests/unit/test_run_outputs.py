@@ -9,33 +9,13 @@ from peft import AutoPeftModelForCausalLM, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedft.adapters import get_factors
-from fedft.config import Scenario
 from fedft.data import builtin_task, encode_prompt
 from fedft.data.as_trained import tokenizer_as_trained
 from fedft.models import load_base, wrap_lora
-from fedft.run_outputs import base_reference, write_adapter_folder
+from fedft.run_outputs import base_reference
+from tests.unit.runs import scenario, write_run
 
 PROMPTS = [ex.prompt for ex in builtin_task(20, seed=3)] + ["", "a b\nc"]
-
-
-def scenario(**sections):
-    raw = {"lora": {"rank": 4, "target_modules": ["q_proj", "v_proj"]}, **sections}
-    return Scenario.from_dict(raw)
-
-
-def write_run(sc, run_dir, server_round=3):
-    """The real code path of a run's end: base reference, then the adapter folder."""
-    base, tokenizer = load_base(sc.model, sc.run.seed)
-    model = wrap_lora(base, sc.lora)
-    factors = {k: torch.randn_like(v) * 0.1 for k, v in get_factors(model).items()}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    row = {"kind": "round", "round": server_round, "eval_loss": 1.25, "accuracy": 0.5}
-    (run_dir / "metrics.jsonl").write_text(json.dumps(row) + "\n")
-    ref = base_reference(sc, run_dir)
-    write_adapter_folder(
-        model, factors, tokenizer, sc, run_dir, run_dir / "adapter", ref, server_round
-    )
-    return tokenizer, factors
 
 
 def test_saved_tokenizer_encodes_prompts_as_training_did(tmp_path):
