@@ -67,7 +67,7 @@ def train(msg: Message, context: Context) -> Message:
     node = int(context.node_config["partition-id"])  # unique per node, even on own data
     node_backend = str(context.node_config.get("backend", ""))  # `fedft client --backend`
     backend = node_backend or scenario.client_for(partition_id).backend
-    zo_run = scenario.federation.strategy == "zo"
+    zo_run = scenario.federation.spec.shared_seeds
     ferret_run = scenario.federation.strategy == "ferret"
     if zo_run:  # the server sends what this node missed: history to replay, or factors
         start = zo_sync.synced_factors(scenario, context, msg)
