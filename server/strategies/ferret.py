@@ -28,10 +28,11 @@ from server.ferret_replies import decode_ferret
 from server.replies import ClientUpdate
 from server.strategies import register_strategy
 from server.strategies.fedit import FedIT
+from server.strategies.history import RoundHistory
 
 
 @register_strategy("ferret")
-class FerretStrategy(FedIT):
+class FerretStrategy(RoundHistory[FerretRound], FedIT):
     """Sum Ferret clients' scaled coordinates per slot and apply them to the global LoRA factors.
 
     Keeps the history of per-round aggregates and, per node, the last round it synced to, so each
@@ -42,11 +43,8 @@ class FerretStrategy(FedIT):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.history: list[FerretRound] = []
-        self.synced: dict[int, int] = {}
         self.slots: dict[int, dict[int, float]] = {}  # this round's scaled coordinates, per node
         self.encoded: dict[int, bytes] = {}  # this round's history bytes, per synced round
-        self.pending: FerretRound | None = None
         self.num_blocks = 0  # known from the first round's factors (0: none seen yet)
 
     def state(self) -> dict:
@@ -117,12 +115,3 @@ class FerretStrategy(FedIT):
         apply_round_(in_zo_order(factors), blocks, entry, self.run_seed, self.ferret.server_lr)
         self.pending = entry
         return factors, {"ferret.slots": float(len(aggregate))}
-
-    def commit(self, server_round: int, updates: list[ClientUpdate]) -> None:
-        """Append the round's aggregate to the history; the nodes synced to the round's start."""
-        if self.pending is None or self.pending.round != server_round:
-            raise RuntimeError(f"round {server_round}: no aggregate to commit")
-        self.history.append(self.pending)
-        self.pending = None
-        for update in updates:  # they started this round from the round's global state
-            self.synced[update.node_id] = server_round - 1

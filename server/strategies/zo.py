@@ -27,12 +27,13 @@ from fedft.zo.replay import RoundAggregate, aggregate_records, prefer_replay, re
 from server.replies import ClientUpdate
 from server.strategies import register_strategy
 from server.strategies.fedit import FedIT
+from server.strategies.history import RoundHistory
 
 log = logging.getLogger("fedft.server")
 
 
 @register_strategy("zo")
-class ZoStrategy(FedIT):
+class ZoStrategy(RoundHistory[RoundAggregate], FedIT):
     """Aggregate zo clients' scalars per seed and replay them onto the global LoRA factors.
 
     Keeps the history of per-round aggregates and, per node, the last round it synced to, so each
@@ -41,10 +42,7 @@ class ZoStrategy(FedIT):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.history: list[RoundAggregate] = []
-        self.synced: dict[int, int] = {}
         self.encoded: dict[int, bytes] = {}  # this round's history bytes, per synced round
-        self.pending: RoundAggregate | None = None  # the aggregate checked, not yet committed
 
     def state(self) -> dict:
         """The aggregate history (base64 ``fedft.v1.ZoHistory``) and each node's synced round."""
@@ -105,12 +103,3 @@ class ZoStrategy(FedIT):
         replay_history_(in_zo_order(factors), [entry], self.run_seed, self.zo.lr)
         self.pending = entry
         return factors, {"zo.seeds": float(len(aggregate))}
-
-    def commit(self, server_round: int, updates: list[ClientUpdate]) -> None:
-        """Append the round's aggregate to the history; the nodes synced to the round's start."""
-        if self.pending is None or self.pending.round != server_round:
-            raise RuntimeError(f"round {server_round}: no aggregate to commit")
-        self.history.append(self.pending)
-        self.pending = None
-        for update in updates:  # they started this round from the round's global state
-            self.synced[update.node_id] = server_round - 1
