@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from fedft.algorithms.fedavg import weighted_sum
+from fedft.algorithms.hetero_lora import pad_state
 from fedft.algorithms.lora_fair import (
     DEFAULT_CONFIG,
     LoraFairConfig,
@@ -145,3 +146,27 @@ def _plain_average(key: str, tensors: Sequence[torch.Tensor], p: Sequence[float]
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
             raise LoraFairError(f"`{key}`: client {i} has non-floating or non-finite values")
     return weighted_sum(tensors, p)
+
+
+def lora_fair_hetero_aggregate(
+    client_factors: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float],
+    rank: int,
+    config: LoraFairConfig = DEFAULT_CONFIG,
+) -> tuple[dict[str, torch.Tensor], LoraFairReport]:
+    """LoRA-FAIR for clients of different ranks: zero-pad to the server rank, then correct.
+
+    fedft's definition (no paper has one): every client's factors are zero-padded to the server
+    rank ``R`` (:func:`fedft.algorithms.hetero_lora.pad_state`), then :func:`lora_fair_aggregate`
+    runs unchanged. Why it is sound: padding keeps each product (``[B_k, 0] [A_k; 0] = B_k A_k``),
+    so the solve's target ``sum_k p_k pad(B_k) pad(A_k)`` is exactly the ideal update ``dW``, and
+    ``A_bar`` is HetLoRA's zero-padded average, the start all clients share. The correction then
+    does what it does with one rank: it moves ``B_bar`` so that ``B' A_bar`` points along ``dW``,
+    ``cos_after >= cos_before``; clients of rank ``r_k < R`` start from the first ``r_k``
+    components of ``(A_bar, B')``. With one rank it is :func:`lora_fair_aggregate` exactly.
+    (A FlexLoRA reduction first would leave nothing to correct: its truncated SVD already is the
+    rank-``R`` factorisation closest to ``dW``, and with ``A`` fixed to its ``V^T`` the best ``B``
+    is its ``U S``.)
+    """
+    padded = [pad_state(state, rank) for state in client_factors]
+    return lora_fair_aggregate(padded, weights, config)
