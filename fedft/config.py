@@ -137,6 +137,17 @@ class DataConfig:
         check(self.global_eval_size > 0, "data.global_eval_size", "must be > 0")
         check("{prompt}" in self.template, "data.template", "must contain {prompt}")
 
+    def global_eval_count(self, num_examples: int) -> int:
+        """How many of ``num_examples`` examples the global eval set holds out (at most a fifth)."""
+        return min(self.global_eval_size, max(1, num_examples // 5))
+
+    @property
+    def known_count(self) -> int | None:
+        """The examples a run keeps, when the scenario alone tells (``builtin``); else None."""
+        if self.source != "builtin":
+            return None
+        return min(self.num_examples, self.max_examples or self.num_examples)
+
 
 @dataclass(frozen=True)
 class PartitionConfig:
@@ -509,6 +520,14 @@ class Scenario:
     client_groups: tuple[ClientGroup, ...] = ()
 
     def __post_init__(self) -> None:
+        if (count := self.data.known_count) is not None:  # as fedft.task.split_clients checks
+            held_out = self.data.global_eval_count(count)
+            check(
+                count - held_out >= self.federation.num_clients,
+                "federation.num_clients",
+                f"{self.federation.num_clients} clients but only {count} examples "
+                f"({held_out} held out for the global eval set)",
+            )
         seen: set[int] = set()
         for group in self.client_groups:
             for pid in group.partitions:

@@ -49,7 +49,7 @@ def split_clients(scenario: Scenario, examples: list[Example]) -> FederatedData:
     data, fed, seed = scenario.data, scenario.federation, scenario.run.seed
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(examples))
-    n_global = min(data.global_eval_size, max(1, len(examples) // 5))
+    n_global = data.global_eval_count(len(examples))
     if n_global == 0 or len(examples) - n_global < fed.num_clients:
         raise ConfigError(
             "federation.num_clients",

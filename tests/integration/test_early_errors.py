@@ -41,6 +41,7 @@ def run_cli(*args, cwd=ROOT):
         (["simulate", "--set", "train.lrr=1"], "train.lrr"),
         (["simulate", "--set", "federation.num_rounds='many'"], "federation.num_rounds"),
         (["simulate", "simulations/nope.toml"], "scenario"),
+        (["simulate", "--set", "federation.num_clients=5000"], "federation.num_clients"),
         (["compare", "simulations/default.toml", "--set", "train.lrr=1"], "train.lrr"),
     ],
 )

@@ -55,6 +55,8 @@ def test_overrides_parse_toml_values_and_fall_back_to_strings():
         (["data.chat=1"], "data.chat"),
         (["train=3"], "train"),
         (["noequals"], "noequals"),
+        (["federation.num_clients=5000"], "federation.num_clients"),  # 1200 examples, 128 held out
+        (["data.max_examples=10", "federation.num_clients=9"], "federation.num_clients"),
     ],
 )
 def test_bad_values_name_the_key(overrides, key):
@@ -62,6 +64,13 @@ def test_bad_values_name_the_key(overrides, key):
         load_scenario(None, overrides)
     assert err.value.key == key
     assert f"`{key}`" in str(err.value)
+
+
+def test_a_builtin_task_takes_as_many_clients_as_examples_it_does_not_hold_out():
+    # 10 examples keep 2 for the global eval set: 8 clients fit (the check is split_clients')
+    scenario = load_scenario(None, ["data.max_examples=10", "federation.num_clients=8"])
+    assert scenario.data.known_count == 10 and scenario.data.global_eval_count(10) == 2
+    assert load_scenario(None, ["data.source='csv'", "data.path='x.csv'"]).data.known_count is None
 
 
 def test_missing_scenario_file_is_named(tmp_path):
