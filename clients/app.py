@@ -19,6 +19,8 @@ from flwr.clientapp import ClientApp
 
 from clients import ferret_sync, zo_sync
 from clients.ferret_client import FerretReply, ferret_reply
+from clients.privacy import private_factors
+from clients.replies import FactorReply
 from clients.runtimes import runtime_for, torch_lora
 from fedft.config import Scenario
 from fedft.console import quiet_flower_app
@@ -79,6 +81,8 @@ def train(msg: Message, context: Context) -> Message:
     reply = runtime.train_round(scenario, partition_id, start, server_round, node)
     if ferret_run and not isinstance(reply, FerretReply):  # every first-order node projects
         reply = ferret_reply(reply, scenario, start, server_round, node)
+    if scenario.privacy.enabled and isinstance(reply, FactorReply):  # clipped on the device
+        reply = private_factors(reply, scenario, start)
     return Message(content=reply.content(scenario, partition_id), reply_to=msg)
 
 

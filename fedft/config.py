@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedft.errors import ConfigError
+from fedft.privacy.config import PrivacySection
 from fedft.schema import build, check, to_dict
 from fedft.strategies import STRATEGIES, StrategySpec
 
@@ -513,6 +514,7 @@ class Scenario:
     zo: ZoSection = field(default_factory=ZoSection)
     ferret: FerretSection = field(default_factory=FerretSection)
     robust: RobustSection = field(default_factory=RobustSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalSection = field(default_factory=EvalSection)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
@@ -577,6 +579,34 @@ class Scenario:
                     "zo.trainable_modules",
                     "module weights need float torch clients (no quantization, no ort backend)",
                 )
+
+        if self.privacy.enabled:
+            self._check_privacy(backends)
+
+    def _check_privacy(self, backends: set[str]) -> None:
+        """What differential privacy is built for (``docs/privacy.md``)."""
+        spec, mode = self.federation.spec, self.privacy.mode
+        check(
+            self.robust.aggregator == "mean",
+            "robust.aggregator",
+            "privacy needs 'mean': a robust aggregator lets one client move others' weight",
+        )
+        check(
+            spec.name in ("fedit", "lora_fair", "zo"),
+            "privacy.mode",
+            f"privacy is built for fedit, lora_fair and zo, not {spec.name!r}",
+        )
+        check(
+            not (spec.name == "lora_fair" and mode == "central"),
+            "privacy.mode",
+            "lora_fair needs each client's factors, which central noise never releases: use local",
+        )
+        allowed = {"torch", "zo"} if spec.shared_seeds else {"torch", "ort"}
+        check(
+            backends <= allowed,
+            "client.backend",
+            f"a private {spec.name} run takes {' or '.join(sorted(allowed))} clients",
+        )
 
     @property
     def trained_modules(self) -> tuple[str, ...]:

@@ -128,7 +128,8 @@ def metrics_figure(rows: Rows, title: str) -> Figure:
     Returns
     -------
     matplotlib.figure.Figure
-        Three axes: loss (global eval, mean train), accuracy, bytes (up + down, and up).
+        Three axes: loss (global eval, mean train), accuracy, bytes (up + down, and up); with
+        ``[privacy]``, a fourth: the epsilon spent, on the loss panel's right.
     """
     plt = _pyplot()
     rounds = [r for r in rows if r.get("kind", "round") == "round"]
@@ -141,6 +142,18 @@ def metrics_figure(rows: Rows, title: str) -> Figure:
     )
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
+    spent = [r for r in rounds if "privacy.epsilon" in r]
+    if spent:  # [privacy]: the epsilon spent so far, on the loss panel's right axis
+        ax_eps = ax_loss.twinx()
+        ax_eps.plot(
+            [r["round"] for r in spent],
+            [r["privacy.epsilon"] for r in spent],
+            "^:",
+            color="C2",
+            label="epsilon spent",
+        )
+        ax_eps.set_ylabel("epsilon spent (privacy)")
+        ax_eps.legend(loc="upper center", fontsize="small")
     for key, style, label in QUALITY_LINES[quality_kind(rounds)]:
         scored = [r for r in rounds if key in r]
         ax_acc.plot([r["round"] for r in scored], [r[key] for r in scored], style, label=label)

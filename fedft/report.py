@@ -14,7 +14,9 @@
   answers (:mod:`fedft.evaluation`); ``local_eval_loss``, ``local_token_accuracy``,
   ``local_exact_match``, ``local_rouge_l``: the clients' own figures on their own eval splits
   after local training (personalisation), averaged over the round's clients weighted by their
-  training examples (loss, token accuracy) or by the answers they scored (exact match, ROUGE-L).
+  training examples (loss, token accuracy) or by the answers they scored (exact match, ROUGE-L);
+  with ``[privacy]``, ``privacy.epsilon`` (spent so far, at ``privacy.target_delta``) and
+  ``privacy.noise_multiplier`` (:mod:`server.privacy`).
 
 With ``eval.tensorboard`` every round's numbers also go, as scalars named ``round/<key>``, into
 TensorBoard event files in ``<run_dir>/tensorboard`` (``tensorboardX``: ``fedft[tensorboard]``).
@@ -178,6 +180,8 @@ def _progress_line(row: dict[str, Any], num_rounds: int) -> str:
             parts.append(f"tok acc {row['token_accuracy']:.3f}")
     if "local_rouge_l" in row:
         parts.append(f"local ROUGE-L {row['local_rouge_l']:.3f}")
+    if "privacy.epsilon" in row:
+        parts.append(f"epsilon {row['privacy.epsilon']:.2f}")
     if row["round"] > 0:
         parts.append(f"up {row['bytes_up'] / 1e3:.1f} kB")
         parts.append(f"{row['wall_s']:.1f} s")

@@ -37,6 +37,7 @@ from fedft.run_outputs import base_reference, write_outputs
 from fedft.task import federated_data
 from fedft.zo.trainable import initial_state, set_trainable_
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from server.privacy import ServerPrivacy
 from server.replies import ClientUpdate
 from server.strategies import strategy_class
 from server.strategies.fedit import ClientLog, FedIT
@@ -54,6 +55,7 @@ def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
         "run_seed": scenario.run.seed,
         "num_clients": fed.num_clients,
         "robust": scenario.robust,
+        "privacy": ServerPrivacy(scenario) if scenario.privacy.enabled else None,
         "fraction_train": fed.fraction_train,
         "fraction_evaluate": 0.0,
         "min_train_nodes": fed.min_train_clients,
@@ -168,6 +170,9 @@ class Federation:
         fed = scenario.federation
         recorder = RunRecorder(run_dir, stored_config(scenario), fed.num_rounds, resume=resume)
         clients = ClientRecords(recorder)
+        strategy = build_strategy(scenario, clients)
+        if strategy.privacy is not None:  # `fedft server` and `fedft simulate` show it at start
+            log.info(strategy.privacy.describe())
         return cls(
             scenario=scenario,
             run_dir=run_dir,
@@ -178,7 +183,7 @@ class Federation:
             global_eval=global_eval,
             recorder=recorder,
             clients=clients,
-            strategy=build_strategy(scenario, clients),
+            strategy=strategy,
             device=select_device("auto"),
             base_ref="" if scenario.trained_modules else base_reference(scenario, run_dir),
             train_config=scenario_to_config(scenario),
@@ -196,6 +201,8 @@ class Federation:
             return arrays, 1
         ckpt = load_checkpoint(self.run_dir)
         self.strategy.load_state(ckpt.strategy_state)
+        if self.strategy.privacy is not None:  # the accountant continues where it stopped
+            self.strategy.privacy.load_state(ckpt.strategy_state.get("privacy", []))
         self.recorder.truncate_after(ckpt.round)
         log.info("resuming %s after round %d", self.run_dir, ckpt.round)
         return factors_to_record(ckpt.factors), ckpt.round + 1
@@ -255,7 +262,10 @@ class Federation:
         if save_every and server_round % save_every == 0:
             self.write(factors, server_round, final=False)
         sampling = {"sampling": "fedft.sampling.sample_partitions(run.seed, round, partitions)"}
-        state = Checkpoint(server_round, factors, self.strategy.state(), sampling)
+        strategy_state = self.strategy.state()
+        if self.strategy.privacy is not None:
+            strategy_state = {**strategy_state, "privacy": self.strategy.privacy.state()}
+        state = Checkpoint(server_round, factors, strategy_state, sampling)
         save_checkpoint(self.run_dir, state)
 
     def write(self, factors: dict[str, torch.Tensor], server_round: int, final: bool) -> None:
@@ -297,7 +307,20 @@ def run_federation(
     federation = Federation.setup(scenario, run_dir)
     arrays, first = federation.start()
     last = scenario.federation.num_rounds
+    privacy = federation.strategy.privacy
+    ran = 0  # rounds this process ran (a resumed run may have none left in its budget)
     for server_round in range(first, last + 1):
+        if privacy is not None and privacy.exhausted(server_round):
+            log.warning(
+                "privacy budget privacy.target_epsilon = %g exhausted: stopping before round %d "
+                "(epsilon spent %.4g; checkpoint of round %d kept)",
+                privacy.settings.target_epsilon,
+                server_round,
+                privacy.accountant.epsilon,
+                server_round - 1,
+            )
+            break
         arrays = federation.run_round(grid, server_round, arrays, stop)
         federation.checkpoint(server_round, arrays)
-    return federation.finish(arrays, trained=first <= last)
+        ran += 1
+    return federation.finish(arrays, trained=ran > 0)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
+from clients.privacy import zo_grad
 from clients.replies import ZoReply
 from clients.runtimes import ClientRuntime, register_runtime
 from clients.runtimes.torch_lora import client_datasets, client_model
@@ -70,6 +71,7 @@ def _train_round_zo(
         scenario.train.batch_size, seed=plan.batch_seed, steps=zo.local_steps
     )
     records, losses = [], []
+    privatize = zo_grad(scenario, zo.grad_scale)  # [privacy]: clip (and noise) each g
     started = time.perf_counter()
     for index, batch in zip(plan.indices, batches, strict=True):
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -80,7 +82,13 @@ def _train_round_zo(
             return value
 
         grad = spsa_step_(
-            params, loss_fn, plan.pool[index], zo.eps, zo.lr, grad_scale=zo.grad_scale
+            params,
+            loss_fn,
+            plan.pool[index],
+            zo.eps,
+            zo.lr,
+            grad_scale=zo.grad_scale,
+            privatize=privatize,
         )
         records.append(ZoRecord(index, grad))
     train_s = time.perf_counter() - started

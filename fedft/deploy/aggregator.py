@@ -38,6 +38,7 @@ from fedft.deploy.processes import (
     wait_for_port,
 )
 from fedft.local_files import check_local_files
+from fedft.privacy.plan import settings_line
 from fedft.run_folder import check_same_scenario
 
 log = logging.getLogger("fedft")
@@ -203,6 +204,8 @@ def serve(opts: ServerOptions) -> int:
         if keys:
             control.register_supernodes(keys, env)
             log.info("fedft: SuperNode authentication on: %d key(s) registered", len(keys))
+        if scenario.privacy.enabled:
+            log.info("fedft: %s", settings_line(scenario))
         log.info("fedft: devices join with (N = 0 .. %d):", scenario.federation.num_clients - 1)
         log.info("  %s", client_command(opts, tls, scenario))
         before = set(output_dir.iterdir()) if output_dir.is_dir() else set()

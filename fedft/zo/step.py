@@ -50,6 +50,7 @@ def spsa_step(
     lr: float,
     *,
     grad_scale: float | None = None,
+    privatize: Callable[[float], float] | None = None,
 ) -> float:
     r"""Take one SPSA step in place (MeZO), at inference memory; return the ``g`` it applied.
 
@@ -71,6 +72,9 @@ def spsa_step(
         Perturbation size and learning rate.
     grad_scale : float, optional
         Fixed int8 scale (e.g. ``clip / 127``); ``g`` is clipped to ``127 * grad_scale``.
+    privatize : Callable[[float], float], optional
+        Applied to ``g`` before it is quantized and applied (``[privacy]``: clip, noise;
+        :func:`clients.privacy.zo_grad`).
 
     Returns
     -------
@@ -92,6 +96,8 @@ def spsa_step(
     if not math.isfinite(grad):
         perturb(seed, eps32)  # back to w (up to rounding) before reporting
         raise ZoError(f"seed {seed}: L+ = {loss_plus}, L- = {loss_minus} give g = {grad}")
+    if privatize is not None:
+        grad = privatize(grad)
     if grad_scale is not None:
         codes, _ = quantize_grads([grad], grad_scale)
         grad = dequantize_grads(codes, grad_scale)[0]
@@ -107,11 +113,14 @@ def spsa_step_(
     lr: float,
     *,
     grad_scale: float | None = None,
+    privatize: Callable[[float], float] | None = None,
 ) -> float:
     """:func:`spsa_step` on torch tensors (in layout order), under ``torch.no_grad``."""
     with torch.no_grad():
         perturb = functools.partial(perturb_, params)
-        return spsa_step(perturb, loss_fn, seed, eps, lr, grad_scale=grad_scale)
+        return spsa_step(
+            perturb, loss_fn, seed, eps, lr, grad_scale=grad_scale, privatize=privatize
+        )
 
 
 def spsa_step_numpy_(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -25,6 +27,7 @@ from fedft.flower_records import (
 from server import screening
 from server.ferret_replies import decode_ferret
 from server.partitions import PartitionSampler
+from server.privacy import ServerPrivacy
 from server.replies import ClientUpdate, ReplyCodec
 from server.strategies import register_strategy
 
@@ -61,6 +64,9 @@ class FedIT(FedAvg):
         The scenario's client count: a zo reply's client index must be below it.
     robust : RobustSection, optional
         Reply limits and the aggregator (``mean``, ``median``, ``trimmed_mean``, ``krum``, ...).
+    privacy : ServerPrivacy, optional
+        ``[privacy]`` on: replies weigh the same and are clipped, the mean is noised and the
+        epsilon spent is in the round's metrics (:mod:`server.privacy`).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
@@ -73,11 +79,15 @@ class FedIT(FedAvg):
         run_seed: int = 0,
         num_clients: int | None = None,
         robust: RobustSection | None = None,
+        privacy: ServerPrivacy | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.on_client = on_client
         self.robust = robust or RobustSection()
+        self.privacy = privacy
+        if privacy is not None and privacy.central:  # one reply must not decide another's fate
+            self.robust = dataclasses.replace(self.robust, norm_outlier_factor=math.inf)
         self.zo = zo or ZoSection()
         self.ferret = ferret or FerretSection()
         self.run_seed = run_seed
@@ -170,9 +180,13 @@ class FedIT(FedAvg):
         started = time.perf_counter()
         try:
             kept = screening.select_replies(server_round, updates, self.robust)
+            if self.privacy is not None:  # equal weights; zo scalars clipped (central)
+                kept = self.privacy.bound(kept)
             factors, metrics = self.aggregate_factors(server_round, kept)
             screening.check_aggregate(factors, self.global_factors)
             self.commit(server_round, kept)
+            if self.privacy is not None:
+                metrics |= self.privacy.spend(server_round)
         except Exception as err:  # a bug or an unforeseen reply must never end the run
             log.error(
                 "round %d: aggregation failed (%s: %s); the global state is unchanged",
@@ -217,6 +231,10 @@ class FedIT(FedAvg):
             The new global factors and the round's strategy metrics (none for FedIT), which
             :meth:`aggregate_train` returns in its ``MetricRecord``.
         """
+        if self.privacy is not None:  # clipped (central) and noised: X + noisy mean of Delta_k
+            return self.privacy.mean_factors(
+                server_round, updates, self.global_factors, len(self.sent)
+            ), {}
         states = [u.factors for u in updates]
         if self.robust.aggregator == "median":
             return coordinate_median(states), {}

@@ -38,7 +38,11 @@ class LoraFair(FedIT):
     def aggregate_factors(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> tuple[Mapping[str, torch.Tensor], dict[str, float]]:
-        """Average A and B, then correct B so that ``B' A_bar`` points along ``sum p_k B_k A_k``."""
+        """Average A and B, then correct B so that ``B' A_bar`` points along ``sum p_k B_k A_k``.
+
+        With ``[privacy]`` (local mode only) the factors are the clients' noised ones and every
+        ``p_k`` is equal: the correction is post-processing of private releases.
+        """
         factors, report = lora_fair_aggregate(
             [u.factors for u in updates], [u.num_examples for u in updates], self.solver
         )

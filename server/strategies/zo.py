@@ -92,9 +92,12 @@ class ZoStrategy(RoundHistory[RoundAggregate], FedIT):
         Checked finite before it is replayed, and the replayed factors again before
         :meth:`commit` keeps the entry: a failed round leaves the history as it was.
         """
-        aggregate = aggregate_records(
-            [u.records for u in updates], [u.num_examples for u in updates]
-        )
+        if self.privacy is not None:  # (sum of clipped g + noise) / m, per seed
+            aggregate = self.privacy.zo_means(server_round, updates, len(self.sent))
+        else:
+            aggregate = aggregate_records(
+                [u.records for u in updates], [u.num_examples for u in updates]
+            )
         bad = [s for s, a in aggregate.items() if not math.isfinite(a)]
         if bad:
             raise ReplyError(f"the aggregate of seed {bad[0]} is not finite in float32")
