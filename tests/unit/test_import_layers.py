@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ("server", "clients")
 CLI_LAYER = {"fedft.cli"}  # the `fedft` console script: the one place that wires the apps in
-PURE = ("fedft.algorithms", "fedft.wire")
+PURE = ("fedft.algorithms", "fedft.wire", "fedft.privacy")
 HEAVY = ("flwr", "peft", "transformers", "ray")
 
 
