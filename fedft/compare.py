@@ -4,7 +4,10 @@
 pair as its own ``fedft simulate`` process (same scenario, same seed: same data split, same
 initial adapter, same sampled clients and eval examples), showing each run's rounds as they
 finish and keeping each run's whole log in its folder (``<out>/<strategy>-seed<N>/simulate.log``).
-Then it writes into ``out``:
+A run folder that already holds a finished run of the same scenario (its ``config.toml`` equal to
+this one's, every round in its ``metrics.jsonl``) is reused, not run again: a comparison stopped
+part-way (Ctrl-C, a crash, a closed laptop) continues where it stopped when started again with
+the same ``--out``. Then it writes into ``out``:
 
 - ``comparison.md``: each strategy's figures, mean ± standard deviation over the ``n`` seeds
   (:func:`fedft.compare_table.markdown_table`), and per round each strategy's paired difference
@@ -31,10 +34,13 @@ from fedft.compare_table import (
     paired_table,
     summarize,
 )
+from fedft.config import Scenario, load_scenario, read_toml
+from fedft.errors import ConfigError
 from fedft.plots import plot_comparison
 from fedft.report import read_metrics
+from fedft.run_folder import stored_config
 
-__all__ = ["compare", "markdown_table", "run_one", "summarize"]
+__all__ = ["compare", "finished_rounds", "markdown_table", "run_one", "summarize"]
 
 log = logging.getLogger("fedft")
 
@@ -76,6 +82,30 @@ def run_one(
     return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "round"]
 
 
+def finished_rounds(
+    scenario: Path | None, overrides: Sequence[str], run_dir: Path
+) -> list[dict[str, Any]] | None:
+    """The round rows of a finished run of the same scenario in ``run_dir``, or None.
+
+    Finished: ``run_dir/config.toml`` records exactly the scenario ``scenario`` plus
+    ``overrides`` gives (a changed key or a changed default means running again), and
+    ``metrics.jsonl`` has a round row for every round up to ``federation.num_rounds``.
+    """
+    stored = run_dir / "config.toml"
+    if not stored.is_file() or not (run_dir / "metrics.jsonl").is_file():
+        return None
+    try:
+        wanted = stored_config(load_scenario(scenario, overrides))
+        found = stored_config(Scenario.from_dict(read_toml(stored)))
+        rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "round"]
+    except (ConfigError, OSError, ValueError):
+        return None
+    rounds = {r.get("round") for r in rows}
+    if found != wanted or not set(range(1, wanted["federation"]["num_rounds"] + 1)) <= rounds:
+        return None
+    return rows
+
+
 def compare(
     scenario: Path | None,
     strategies: Sequence[str],
@@ -101,11 +131,28 @@ def compare(
         for strategy in strategies:
             name = f"{strategy}-seed{seed}"
             done += 1
-            log.info(
-                "compare [%d/%d]: running %s (log: %s)", done, total, name, out / name / LOG_NAME
-            )
             extra = [f"federation.strategy='{strategy}'", f"run.seed={seed}", f"run.name='{name}'"]
-            rounds = run_one(scenario, [*overrides, *extra], out / name, f"[{done}/{total}] {name}")
+            rounds = finished_rounds(scenario, [*overrides, *extra], out / name)
+            if rounds is not None:
+                log.info(
+                    "compare [%d/%d]: %s finished earlier with this scenario: reused "
+                    "(delete %s to run it again)",
+                    done,
+                    total,
+                    name,
+                    out / name,
+                )
+            else:
+                log.info(
+                    "compare [%d/%d]: running %s (log: %s)",
+                    done,
+                    total,
+                    name,
+                    out / name / LOG_NAME,
+                )
+                rounds = run_one(
+                    scenario, [*overrides, *extra], out / name, f"[{done}/{total}] {name}"
+                )
             results[strategy].append(summarize(rounds))
             curves[strategy].append(rounds)
     paired = paired_table(curves, baseline)
