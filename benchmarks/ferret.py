@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedft.config import load_scenario
+from fedft.config import Scenario, load_scenario
 from fedft.ferret.aggregate import (
     FerretRound,
     aggregate_coordinates,
@@ -43,33 +43,77 @@ from fedft.ferret.blocks import blocks_of
 from fedft.zo.seeds import seed_pool_id
 
 ROOT = Path(__file__).resolve().parents[1]
-FERRET = ["ferret.pool_size=32", "ferret.server_lr=0.5"]  # tuned on the default scenario
+STRATEGIES = ("fedit", "ferret", "zo")
+PAIRED = ("model", "lora", "data", "partition", "train")  # what a reused run must share
 
 
-def quality(scenario: Path, rounds: int, seeds: list[int], extra: list[str], out: Path) -> None:
-    """Part 1: run the comparison, print drop and byte fractions against fedit."""
-    from fedft.compare import compare
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
 
-    overrides = [f"federation.num_rounds={rounds}", *FERRET, *extra]
-    print(compare(scenario, ["fedit", "ferret", "zo"], seeds, overrides, out))
+
+def reusable(run_dir: Path, wanted: Scenario) -> None:
+    """Raise SystemExit unless ``run_dir`` ran ``wanted``'s scenario (its own strategy aside)."""
+    got = load_scenario(run_dir / "config.toml")
+    mine, theirs = wanted.to_dict(), got.to_dict()
+    same = all(mine[k] == theirs[k] for k in PAIRED) and got.run.seed == wanted.run.seed
+    fed = {k: v for k, v in theirs["federation"].items() if k != "strategy"}
+    same = same and fed == {k: v for k, v in mine["federation"].items() if k != "strategy"}
+    if not same:
+        raise SystemExit(f"--reuse {run_dir}: not the same scenario and seed as this comparison")
+
+
+def quality(
+    scenario: Path,
+    rounds: int,
+    seeds: list[int],
+    extra: list[str],
+    out: Path,
+    reuse: list[Path],
+    plot: Path | None,
+) -> None:
+    """Part 1: fedit, ferret and zo on the same seeds; drop and byte fractions against fedit.
+
+    A run named ``<strategy>-seed<N>`` in ``reuse`` (e.g. a ``fedft compare`` folder's) is read
+    instead of run again, once checked to be the same scenario and seed (paired sampling: the
+    same clients and batches). One figure: eval loss per round and against cumulative bytes up.
+    """
+    from fedft.compare import run_one
+    from fedft.plots import plot_comparison
+
+    given = {run.name: run for run in reuse}
+    curves: dict[str, list[list[dict]]] = {s: [] for s in STRATEGIES}
     print(
         f"\n{'strategy':>8} {'seed':>4} {'loss 0 -> last':>16} {'drop / fedit':>12} "
-        f"{'bytes up':>10} {'/ fedit':>8}"
+        f"{'bytes up':>10} {'/ fedit':>8}  run"
     )
     for seed in seeds:
         base = None
-        for strategy in ("fedit", "ferret", "zo"):
-            rows = [
-                json.loads(x) for x in (out / f"{strategy}-seed{seed}" / "metrics.jsonl").open()
-            ]
-            losses = [r["eval_loss"] for r in rows if r["kind"] == "round"]
+        for strategy in STRATEGIES:
+            name = f"{strategy}-seed{seed}"
+            overrides = [f"federation.num_rounds={rounds}", *extra]
+            overrides += [f"federation.strategy='{strategy}'", f"run.seed={seed}"]
+            if name in given:
+                reusable(given[name], load_scenario(scenario, overrides))
+                run_dir = given[name]
+            else:
+                run_dir = out / name
+                run_one(scenario, [*overrides, f"run.name='{name}'"], run_dir, name)
+            rows = _rows(run_dir)
+            curves[strategy].append([r for r in rows if r["kind"] == "round"])
+            losses = [r["eval_loss"] for r in curves[strategy][-1]]
             up = sum(r.get("bytes_up", 0) for r in rows if r["kind"] == "client")
             drop = losses[0] - losses[-1]
             base = base or (drop, up)
             print(
                 f"{strategy:>8} {seed:>4} {losses[0]:7.3f} -> {losses[-1]:6.3f} "
-                f"{drop / base[0]:11.1%} {up:10d} {up / base[1]:8.3%}"
+                f"{drop / base[0]:11.1%} {up:10d} {up / base[1]:8.3%}  {run_dir}"
             )
+    if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        seeds_text = ", ".join(map(str, seeds))
+        title = f"{scenario.stem}: fedit vs ferret vs zo, {rounds} rounds, seeds {seeds_text}"
+        plot_comparison(curves, plot, title, "fedit")
+        print(f"\nplot: {plot}")
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -123,61 +167,95 @@ def projection_costs(layout: list[tuple[str, tuple[int, ...]]], pool_size: int, 
 
 
 def step_seconds(overrides: list[str], scenario: Path) -> float:
-    """One first-order local step of the scenario's client 0 (torch), seconds (min of 3 rounds)."""
+    """One first-order local step of the scenario's client 0 (torch), seconds (min of 3 rounds).
+
+    With ``ferret.trainable_modules`` in ``overrides``: a step on those modules' weights.
+    """
+    from clients.runtimes.torch_ferret import train_modules
     from clients.runtimes.torch_lora import TorchLora, client_model
-    from fedft.models import initial_factors
+    from fedft.zo.trainable import initial_state
 
     sc = load_scenario(scenario, ["train.local_steps=2", *overrides])
     model, _ = client_model(sc, 0)
-    factors = initial_factors(model)
-    return min(
-        TorchLora().train_round(sc, 0, factors, r, 0).metrics["train_s"] / 2 for r in (1, 2, 3)
-    )
+    start = initial_state(model, sc.trained_modules)
+
+    def one(r: int) -> float:
+        if sc.trained_modules:
+            return train_modules(sc, 0, start, r).metrics["train_s"] / 2
+        return TorchLora().train_round(sc, 0, start, r, 0).metrics["train_s"] / 2
+
+    return min(one(r) for r in (1, 2, 3))
 
 
-def smollm2_layout(rank: int = 8) -> list[tuple[str, tuple[int, ...]]]:
-    hidden, kv = 576, 192  # SmolLM2-135M: 30 layers, 9 heads, 3 kv heads of 64
+def smollm2_layout(rank: int = 8, full: bool = False) -> list[tuple[str, tuple[int, ...]]]:
+    """SmolLM2-135M's q_proj / v_proj: LoRA factors of ``rank``, or (``full``) their weights."""
+    hidden, kv = 576, 192  # 30 layers, 9 heads, 3 kv heads of 64
     layout = []
     for layer in range(30):
         for module, out in (("q_proj", hidden), ("v_proj", kv)):
             prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
-            layout += [
-                (f"{prefix}.lora_A.weight", (rank, hidden)),
-                (f"{prefix}.lora_B.weight", (out, rank)),
-            ]
+            if full:
+                layout.append((f"{prefix}.base_layer.weight", (out, hidden)))
+            else:
+                layout += [
+                    (f"{prefix}.lora_A.weight", (rank, hidden)),
+                    (f"{prefix}.lora_B.weight", (out, rank)),
+                ]
     return sorted(layout)
 
 
-def timing(smollm2: bool) -> None:
+LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+TINY_FULL = f"ferret.trainable_modules={LINEAR}"
+SMOL_FULL = "ferret.trainable_modules=['q_proj','v_proj']"
+
+
+def timing(smollm2: bool, pool_sizes: list[int]) -> None:
     """Part 2: projection and server round against one local step, side by side."""
     torch.set_num_threads(1)
     from clients.runtimes.torch_lora import client_model
-    from fedft.models import initial_factors
+    from fedft.zo.trainable import initial_state
 
     default = ROOT / "simulations/default.toml"
-    sc = load_scenario(default)
-    factors = initial_factors(client_model(sc, 0)[0])
+    ferret = ["federation.strategy='ferret'"]
+
+    def layout_of(overrides: list[str]) -> list[tuple[str, tuple[int, ...]]]:
+        sc = load_scenario(default, overrides)
+        state = initial_state(client_model(sc, 0)[0], sc.trained_modules)
+        return sorted((n, tuple(t.shape)) for n, t in state.items())
+
     cases = [
+        ("tiny LoRA (default)", layout_of(ferret), 5, lambda: step_seconds(ferret, default)),
         (
-            "tiny (default scenario)",
-            sorted((n, tuple(t.shape)) for n, t in factors.items()),
-            lambda: step_seconds([], default),
-        )
+            "tiny full, all linear",
+            layout_of([*ferret, TINY_FULL]),
+            5,
+            lambda: step_seconds([*ferret, TINY_FULL], default),
+        ),
     ]
     if smollm2:
         smol = ROOT / "simulations/smollm2_chatterbot.toml"
-        cases.append(("SmolLM2-135M q,v r8", smollm2_layout(), lambda: step_seconds([], smol)))
+        cases += [
+            ("SmolLM2 q,v LoRA r8", smollm2_layout(), 3, lambda: step_seconds(ferret, smol)),
+            (
+                "SmolLM2 q,v full",
+                smollm2_layout(full=True),
+                3,
+                lambda: step_seconds([*ferret, SMOL_FULL], smol),
+            ),
+        ]
     print(
-        f"\n{'layout':>24} {'K':>5} {'blocks':>6} {'coords':>7} {'project s':>9} "
-        f"{'server s (5)':>12} {'step s':>7} {'project/step':>12}"
+        f"\n{'layout':>22} {'weights':>10} {'K':>5} {'blocks':>6} {'coords':>7} "
+        f"{'project s':>9} {'server s':>8} {'clients':>7} {'step s':>7} {'project/step':>12}"
     )
-    for name, layout, step in cases:
+    for name, layout, clients, step in cases:
         step_s = step()
-        for pool_size in (32, 200):
-            blocks, coords, project_s, server_s = projection_costs(layout, pool_size, 5)
+        numel = sum(int(np.prod(shape)) for _, shape in layout)
+        for pool_size in pool_sizes:
+            blocks, coords, project_s, server_s = projection_costs(layout, pool_size, clients)
             print(
-                f"{name:>24} {pool_size:>5} {blocks:>6} {coords:>7} {project_s:9.3f} "
-                f"{server_s:12.3f} {step_s:7.3f} {project_s / step_s:12.2f}"
+                f"{name:>22} {numel:>10} {pool_size:>5} {blocks:>6} {coords:>7} "
+                f"{project_s:9.3f} {server_s:8.3f} {clients:>7} {step_s:7.3f} "
+                f"{project_s / step_s:12.2f}"
             )
 
 
@@ -188,13 +266,24 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=ROOT / "runs/benchmark-ferret")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="an existing <strategy>-seed<N> run folder of the same scenario (repeatable)",
+    )
+    parser.add_argument("--plot", type=Path, help="write the figure here (png)")
     parser.add_argument("--timing-only", action="store_true")
+    parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--smollm2", action="store_true", help="part 2 on SmolLM2 shapes too")
+    parser.add_argument("--pool-sizes", default="64,200", help="part 2's K values")
     args = parser.parse_args()
     if not args.timing_only:
         seeds = [int(s) for s in args.seeds.split(",")]
-        quality(args.scenario, args.rounds, seeds, args.overrides, args.out)
-    timing(args.smollm2)
+        quality(args.scenario, args.rounds, seeds, args.overrides, args.out, args.reuse, args.plot)
+    if not args.quality_only:
+        timing(args.smollm2, [int(k) for k in args.pool_sizes.split(",")])
 
 
 if __name__ == "__main__":

@@ -73,14 +73,16 @@ def train(msg: Message, context: Context) -> Message:
     ferret_run = scenario.federation.strategy == "ferret"
     if zo_run:  # the server sends what this node missed: history to replay, or factors
         start = zo_sync.synced_factors(scenario, context, msg)
-    elif ferret_run:  # the same, with Ferret's aggregates
-        start = ferret_sync.synced_factors(scenario, context, msg)
+    elif ferret_run:  # the same, with Ferret's aggregates (numpy maths on an ort device)
+        start = ferret_sync.synced_factors(scenario, context, msg, numpy=backend == "ort")
     else:
         start = record_to_factors(msg.content.array_records["arrays"])
+    if ferret_run and scenario.trained_modules and backend == "torch":  # module weights
+        backend = "ferret"  # (TorchLora trains LoRA factors only)
     runtime = runtime_for(backend, zo_run)
     reply = runtime.train_round(scenario, partition_id, start, server_round, node)
     if ferret_run and not isinstance(reply, FerretReply):  # every first-order node projects
-        reply = ferret_reply(reply, scenario, start, server_round, node)
+        reply = ferret_reply(reply, scenario, start, server_round, node, numpy=backend == "ort")
     if scenario.privacy.enabled and isinstance(reply, FactorReply):  # clipped on the device
         reply = private_factors(reply, scenario, start)
     return Message(content=reply.content(scenario, partition_id), reply_to=msg)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from flwr.app import ConfigRecord, RecordDict
@@ -45,17 +46,24 @@ def ferret_reply(
     start: Mapping[str, torch.Tensor],
     server_round: int,
     node: int,
+    numpy: bool = False,
 ) -> FerretReply:
     """Project a first-order round (``start`` -> ``trained.factors``) into a Ferret reply.
 
-    ``node`` (the node's index in the scenario) sets the seed windows of its blocks.
+    ``node`` (the node's index in the scenario) sets the seed windows of its blocks. ``numpy``
+    projects on numpy arrays (an ONNX Runtime node): the same coordinates, bit for bit.
     """
     ferret = scenario.ferret
     started = time.perf_counter()
     end = {name: trained.factors[name].detach().to("cpu", torch.float32) for name in start}
+    first: dict[str, Any] = dict(start)
+    last: dict[str, Any] = end
+    if numpy:
+        first = {name: t.detach().cpu().numpy() for name, t in start.items()}
+        last = {name: t.numpy() for name, t in end.items()}
     coordinates = client_coordinates(
-        in_zo_order(start),
-        in_zo_order(end),
+        in_zo_order(first),
+        in_zo_order(last),
         state_blocks(start, ferret.block_size),
         run_seed=scenario.run.seed,
         round=server_round,
@@ -74,5 +82,6 @@ def ferret_reply(
         "project_s": time.perf_counter() - started,
         "coords": float(sum(coordinates.counts)),
         "start_digest": float(factors_digest(start)),
+        "ferret_numpy": float(numpy),
     }
     return FerretReply(factors=trained.factors, metrics=metrics, payload=payload)

@@ -2,10 +2,13 @@
 
 In a ``ferret`` run the server sends what a node missed: the aggregates of the rounds since it last
 synced (applied here, :func:`fedft.ferret.aggregate.replay_history_`), or the factors themselves. A
-node that never synced starts from the initial adapter, which every process builds identically.
+node that never synced starts from the initial adapter (or the initial weights of
+``ferret.trainable_modules``), which every process builds identically.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from flwr.app import ConfigRecord, Context, Message
@@ -21,9 +24,9 @@ from fedft.flower_records import (
     factors_to_record,
     record_to_factors,
 )
-from fedft.models import initial_factors
 from fedft.wire.ferret import decode_ferret_history
 from fedft.wire.order import in_zo_order
+from fedft.zo.trainable import initial_state
 
 STATE_FACTORS = "fedft-ferret-factors"
 STATE_SYNC = "fedft-ferret-sync"
@@ -35,8 +38,14 @@ def _round(value: object, what: str) -> int:
     return value
 
 
-def synced_factors(scenario: Scenario, context: Context, msg: Message) -> dict[str, torch.Tensor]:
-    """Bring this node's copy of the global factors to the start of the message's round."""
+def synced_factors(
+    scenario: Scenario, context: Context, msg: Message, numpy: bool = False
+) -> dict[str, torch.Tensor]:
+    """Bring this node's copy of the global factors to the start of the message's round.
+
+    ``numpy``: replay the missed aggregates on numpy arrays (an ONNX Runtime node, which needs
+    no torch for its own maths); the same bits as torch's (:mod:`fedft.ferret.projection`).
+    """
     state, config = context.state, msg.content.config_records["config"]
     server_round = _round(config["server-round"], "server-round")
     if STATE_FACTORS in state.array_records:
@@ -45,7 +54,7 @@ def synced_factors(scenario: Scenario, context: Context, msg: Message) -> dict[s
     else:
         partition = _round(context.node_config["partition-id"], "partition-id")
         model, _ = client_model(scenario, partition)
-        factors, synced = initial_factors(model), 0
+        factors, synced = initial_state(model, scenario.trained_modules), 0
     if "arrays" in msg.content.array_records:
         factors = record_to_factors(msg.content.array_records["arrays"])
         synced = _round(config[FERRET_CHECKPOINT_ROUND_KEY], FERRET_CHECKPOINT_ROUND_KEY)
@@ -63,7 +72,12 @@ def synced_factors(scenario: Scenario, context: Context, msg: Message) -> dict[s
             max_round=scenario.federation.num_rounds,
         )
         missed = [h for h in rounds if h.round > synced]
-        replay_history_(in_zo_order(factors), blocks, missed, scenario.run.seed, ferret.server_lr)
+        view: dict[str, Any] = factors
+        if numpy:
+            view = {name: t.detach().cpu().numpy().copy() for name, t in factors.items()}
+        replay_history_(in_zo_order(view), blocks, missed, scenario.run.seed, ferret.server_lr)
+        if numpy:
+            factors = {name: torch.from_numpy(a) for name, a in view.items()}
         synced = missed[-1].round if missed else synced
     if synced != server_round - 1:
         raise ReplyError(

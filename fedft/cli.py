@@ -129,12 +129,14 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedft.models import load_peft_model
     from fedft.quantize import check_clients
     from fedft.task import federated_data
+    from fedft.zo.trainable import check_trained_modules
 
     check_clients(scenario)  # a quantization this machine cannot run fails here, not in a worker
     federated_data(scenario)  # data errors (files, partitions)
     # Model errors (a target module it lacks, an empty folder); the server reuses this load.
     with long_step("loading the base model"):
-        load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
+        model, _ = load_peft_model(scenario.model, scenario.lora, scenario.run.seed)
+    check_trained_modules(model, scenario)  # zo / ferret trainable_modules name real modules
 
     try:
         simulate_scenario(scenario, run_dir, verbose=args.verbose)

@@ -274,19 +274,24 @@ class FerretSection:
 
     Each round has a pool of ``pool_size`` seeds; block ``b`` of a client's update gets
     ``n_b = max(floor(K ||Delta_b|| / max ||Delta||), 2)`` of them and sends ``n_b`` coordinates
-    (``coord_encoding``: one int8 code each plus one float32 scale per block, or float32). The
+    (``coord_encoding``: one int8 code each, or a 4-bit one (two a byte), plus one float32 scale
+    per block, or float32). The
     server rebuilds ``sum_k p_k Delta_k`` per block (``scaling``: ``unbiased``, ``1 / n_b``, or
     ``projection``, the MSE-optimal ``1 / (n_b + d_b - 1)``) and applies it times ``server_lr``.
     ``block_size = 0`` groups tensors into blocks of about 0.9 x the median tensor size, as the
-    reference does. What trains is the LoRA factors.
+    reference does. What trains is the LoRA factors, or, with ``trainable_modules`` (e.g.
+    ``["lm_head"]``), every weight of the base modules with those names (Ferret's full-parameter
+    setting, on a chosen part of the model); the run then outputs those weights
+    (``ferret_weights.safetensors``), not an adapter.
     """
 
     # The reference's default is 4096 and its scripts use 200; K bounds one block's coordinates.
     pool_size: int = 200
     server_lr: float = 1.0
     scaling: Literal["unbiased", "projection"] = "unbiased"
-    coord_encoding: Literal["int8", "fp32"] = "int8"
+    coord_encoding: Literal["int8", "int4", "fp32"] = "int8"
     block_size: int = 0
+    trainable_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check(2 <= self.pool_size <= 2**16, "ferret.pool_size", "must be in [2, 65536]")
@@ -563,22 +568,24 @@ class Scenario:
                 "a ferret run takes first-order clients (torch, ort, ferret), not 'zo'",
             )
 
-        if self.zo.trainable_modules:
-            check(
-                spec.shared_seeds,
-                "zo.trainable_modules",
-                "module weights can only be trained in a zo run (federation.strategy = 'zo')",
-            )
-            clients = [
-                self.client,
-                *(self.client_for(p) for g in self.client_groups for p in g.partitions),
-            ]
-            for c in clients:
+        for section in ("zo", "ferret"):
+            if getattr(self, section).trainable_modules:
                 check(
-                    c.quantization == "none" and c.backend != "ort",
-                    "zo.trainable_modules",
-                    "module weights need float torch clients (no quantization, no ort backend)",
+                    spec.settings == section,
+                    f"{section}.trainable_modules",
+                    f"module weights can only be trained in a {section} run "
+                    f"(federation.strategy = '{section}')",
                 )
+                clients = [
+                    self.client,
+                    *(self.client_for(p) for g in self.client_groups for p in g.partitions),
+                ]
+                for c in clients:
+                    check(
+                        c.quantization == "none" and c.backend != "ort",
+                        f"{section}.trainable_modules",
+                        "module weights need float torch clients (no quantization, no ort backend)",
+                    )
 
         if self.privacy.enabled:
             self._check_privacy(backends)
@@ -612,9 +619,13 @@ class Scenario:
     def trained_modules(self) -> tuple[str, ...]:
         """The modules whose whole weights the run trains; ``()``: it trains the LoRA factors.
 
-        ``zo.trainable_modules``, which only a shared-seed (zo) run may set.
+        ``zo.trainable_modules`` or ``ferret.trainable_modules``, which only a run of that
+        strategy may set.
         """
-        return self.zo.trainable_modules if self.federation.spec.shared_seeds else ()
+        settings = self.federation.spec.settings
+        if settings in ("zo", "ferret"):
+            return getattr(self, settings).trainable_modules
+        return ()
 
     def client_for(self, partition_id: int) -> ClientConfig:
         """The client settings of one partition: ``[client]`` with its group's overrides."""

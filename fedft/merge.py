@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from fedft.errors import FedftError
+from fedft.strategies import MODULE_WEIGHT_FILES
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -36,9 +37,10 @@ def find_adapter(path: Path) -> Path:
         if (folder / ADAPTER_CONFIG).is_file():
             break
     else:
+        weights = [name for name in MODULE_WEIGHT_FILES if (path / name).is_file()]
         hint = (
-            " (this run trained module weights: zo_weights.safetensors, not a LoRA adapter)"
-            if (path / "zo_weights.safetensors").is_file()
+            f" (this run trained module weights: {weights[0]}, not a LoRA adapter)"
+            if weights
             else ""
         )
         raise AdapterError(f"{path}: not an adapter folder (no {ADAPTER_CONFIG}){hint}")

@@ -157,8 +157,10 @@ def write_outputs(
     """Write the run's output of ``server_round``: the final one, or a ``run.save_every`` one.
 
     A LoRA run writes an adapter folder (``adapter/``, or :func:`round_folder`); a run that trains
-    module weights (``zo.trainable_modules``) writes ``zo_weights.safetensors`` into the run folder
-    or the round folder.
+    module weights (``zo.trainable_modules``, ``ferret.trainable_modules``) writes those weights
+    under the base model's own names (``zo_weights.safetensors``, ``ferret_weights.safetensors``:
+    load them into the base with ``load_state_dict(..., strict=False)``) into the run folder or the
+    round folder.
 
     Returns
     -------
@@ -168,7 +170,8 @@ def write_outputs(
     folder = run_dir if final else round_folder(run_dir, server_round)
     if scenario.trained_modules:
         folder.mkdir(parents=True, exist_ok=True)
-        return save_module_weights(factors, folder / "zo_weights.safetensors")
+        name = f"{scenario.federation.spec.settings}_weights.safetensors"
+        return save_module_weights(factors, folder / name)
     adapter = run_dir / "adapter" if final else folder
     return write_adapter_folder(
         model, factors, tokenizer, scenario, run_dir, adapter, base_ref, server_round

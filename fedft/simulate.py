@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from fedft.config import Scenario
 from fedft.console import mark_simulation_workers, plain_flower_logs, quiet_libraries
 from fedft.errors import Interrupted
+from fedft.strategies import MODULE_WEIGHT_FILES
 
 if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
@@ -141,7 +142,8 @@ def simulate(
         _shutdown_ray()
         server_done.wait(STOP_WAIT_S)
         raise Interrupted from None
-    if not ((run_dir / "adapter").is_dir() or (run_dir / "zo_weights.safetensors").is_file()):
+    weights = any((run_dir / name).is_file() for name in MODULE_WEIGHT_FILES)
+    if not ((run_dir / "adapter").is_dir() or weights):
         raise RuntimeError(f"the simulation ended without writing its output into {run_dir}")
     return run_dir
 

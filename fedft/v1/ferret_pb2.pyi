@@ -12,9 +12,11 @@ class FerretCoordEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FERRET_COORD_ENCODING_UNSPECIFIED: _ClassVar[FerretCoordEncoding]
     FERRET_COORD_ENCODING_INT8: _ClassVar[FerretCoordEncoding]
     FERRET_COORD_ENCODING_FP32: _ClassVar[FerretCoordEncoding]
+    FERRET_COORD_ENCODING_INT4: _ClassVar[FerretCoordEncoding]
 FERRET_COORD_ENCODING_UNSPECIFIED: FerretCoordEncoding
 FERRET_COORD_ENCODING_INT8: FerretCoordEncoding
 FERRET_COORD_ENCODING_FP32: FerretCoordEncoding
+FERRET_COORD_ENCODING_INT4: FerretCoordEncoding
 
 class FerretReply(_message.Message):
     __slots__ = ("version", "pool_id", "round", "client", "num_blocks", "encoding", "seed_counts", "scales", "coords")

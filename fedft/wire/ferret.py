@@ -1,7 +1,8 @@
 """Encode and decode Ferret's messages: ``fedft.v1.FerretReply`` and ``fedft.v1.FerretHistory``.
 
 A reply carries one client's coordinates (:class:`fedft.ferret.aggregate.FerretCoordinates`): per
-block ``n_b`` and ``n_b`` coordinates, int8 with one float32 scale per block or float32. The history
+block ``n_b`` and ``n_b`` coordinates, int8 or int4 (two a byte) with one float32 scale per block,
+or float32. The history
 carries the per-round aggregates a client that missed rounds applies. The decoders trust nothing:
 every size is checked against the run's config (block count, pool size, rounds) before anything is
 allocated, and a bad message raises :class:`WireError` naming the field.
@@ -19,14 +20,16 @@ from fedft.ferret.aggregate import FerretCoordinates, FerretRound
 from fedft.ferret.blocks import MIN_SEEDS
 from fedft.v1 import ferret_pb2
 from fedft.wire.errors import WireError
-from fedft.wire.int8 import codes_at, peak_scales
+from fedft.wire.int8 import INT8_LEVELS, codes_at, peak_scales
 from fedft.zo.seeds import seed_pool_id
 
 WIRE_VERSION = 1
 ENCODINGS = {
     "int8": ferret_pb2.FERRET_COORD_ENCODING_INT8,
+    "int4": ferret_pb2.FERRET_COORD_ENCODING_INT4,
     "fp32": ferret_pb2.FERRET_COORD_ENCODING_FP32,
 }
+LEVELS = {"int8": 127, "int4": 7}  # codes in [-L, L], one float32 scale float32(peak / L) a block
 _NAMES = {v: k for k, v in ENCODINGS.items()}
 _U32 = np.dtype("<u4")
 _F32 = np.dtype("<f4")
@@ -68,8 +71,9 @@ def encode_ferret_reply(
         ``n_b`` and the float32 coordinates of each block (:func:`client_coordinates`).
     pool_id, round, client : int
         The round's seed pool, the server round and the client's index in the scenario.
-    encoding : {"int8", "fp32"}
-        One byte per coordinate (with a float32 scale ``max |gamma| / 127`` per block), or four.
+    encoding : {"int8", "int4", "fp32"}
+        One byte per coordinate (with a float32 scale ``max |gamma| / 127`` per block), half a
+        byte (scale ``max |gamma| / 7``), or four.
 
     Returns
     -------
@@ -100,14 +104,40 @@ def encode_ferret_reply(
             raise _error("coords", f"block {b}: {values.shape[1]} coordinates for {count} seeds")
         if not np.all(np.isfinite(values)):
             raise _error("coords", f"block {b}: cannot encode non-finite coordinates")
-        if encoding == "int8":
-            scales = peak_scales(np.max(np.abs(values), axis=1, initial=0.0))
+        if encoding in LEVELS:
+            peak = np.max(np.abs(values), axis=1, initial=0.0)
+            scales = peak_scales(peak * (INT8_LEVELS / LEVELS[encoding]))  # float32(peak / L)
             message.scales.append(float(scales[0]))
-            parts.append(codes_at(values, scales).tobytes())
+            codes = codes_at(values, scales).reshape(-1)  # the peak's code is L
+            parts.append(np.clip(codes, -LEVELS[encoding], LEVELS[encoding]))
         else:
-            parts.append(values.astype(_F32).tobytes())
-    message.coords = b"".join(parts)
+            parts.append(values.astype(_F32).reshape(-1))
+    if encoding == "fp32":
+        message.coords = b"".join(p.tobytes() for p in parts)
+    elif encoding == "int8":
+        message.coords = np.concatenate(parts).astype(np.int8).tobytes()
+    else:
+        message.coords = pack_int4(np.concatenate(parts).astype(np.int8))
     return message.SerializeToString()
+
+
+def pack_int4(codes: np.ndarray) -> bytes:
+    """Codes in ``[-7, 7]``, two a byte: code ``2i`` in byte ``i``'s low nibble, ``2i + 1`` high."""
+    nibbles = (np.asarray(codes, np.int8).astype(np.int16) & 0xF).astype(np.uint8)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def unpack_int4(raw: bytes, count: int) -> np.ndarray:
+    """``count`` int8 codes of :func:`pack_int4`'s bytes (4-bit two's complement, -8 kept)."""
+    octets = np.frombuffer(raw, np.uint8)
+    nibbles = np.empty(2 * octets.size, np.int16)
+    nibbles[0::2], nibbles[1::2] = octets & 0xF, octets >> 4
+    codes = np.where(nibbles >= 8, nibbles - 16, nibbles).astype(np.int8)
+    if codes.size > count and codes[count] != 0:
+        raise _error("coords", "the padding nibble after an odd last int4 code must be 0")
+    return codes[:count]
 
 
 def _decode_coords(
@@ -126,11 +156,15 @@ def _decode_coords(
             raise _error("scales", f"{scales.size} scales for {len(counts)} blocks")
         if not np.all(np.isfinite(scales) & (scales >= 0)):
             raise _error("scales", "must be finite and >= 0")
-        if len(raw) != total:
-            raise _error("coords", f"{len(raw)} bytes for {total} int8 coordinates")
-        codes = np.frombuffer(raw, np.int8)
+        name = _NAMES[message.encoding]
+        if len(raw) != (total if name == "int8" else (total + 1) // 2):
+            raise _error("coords", f"{len(raw)} bytes for {total} {name} coordinates")
+        codes = np.frombuffer(raw, np.int8) if name == "int8" else unpack_int4(raw, total)
         per_code = np.repeat(scales, counts)  # (total,)
-        bad = np.flatnonzero((codes == -128) | ((codes != 0) & (per_code == 0.0)))
+        levels = LEVELS[name]
+        bad = np.flatnonzero(
+            (np.abs(codes.astype(np.int16)) > levels) | ((codes != 0) & (per_code == 0.0))
+        )
         if bad.size:
             raise _error("coords", f"coordinate {int(bad[0])}: code {codes[bad[0]]} is invalid")
         with np.errstate(over="ignore"):
@@ -168,7 +202,7 @@ def decode_ferret_reply(
     num_clients : int, optional
         When given, the client index must be below it.
     encoding : str, optional
-        When given, the run's encoding (``int8`` / ``fp32``): the reply must use it.
+        When given, the run's encoding (``int8`` / ``int4`` / ``fp32``): the reply must use it.
     max_abs : float, optional
         When given, every ``|gamma|`` must be at most this (e.g. ``sqrt(d_b)`` times the run's
         update-norm bound, Cauchy-Schwarz with ``|v_i| = 1``).
@@ -178,7 +212,8 @@ def decode_ferret_reply(
     WireError
         On an unparsable message, a wrong version, pool, round, client or encoding, a block count
         or a seed count other than the run's bounds, byte lengths that do not match the counts, a
-        missing, negative or non-finite scale, a -128 code, or a non-finite coordinate.
+        missing, negative or non-finite scale, a -128 (int8) or -8 (int4) code, a nonzero int4
+        padding nibble, or a non-finite coordinate.
     """
     message = ferret_pb2.FerretReply()
     try:

@@ -19,6 +19,8 @@ from peft import PeftModel
 from safetensors.torch import save_file
 
 from fedft.adapters import factor_params, get_factors, set_factors_
+from fedft.config import Scenario
+from fedft.errors import ConfigError
 from fedft.factors import check_same_layout
 from fedft.models import initial_factors
 
@@ -93,3 +95,16 @@ def save_module_weights(state: Mapping[str, torch.Tensor], path: Path) -> Path:
         renamed[base] = tensor.detach().cpu().contiguous()
     save_file(renamed, str(path))
     return path
+
+
+def check_trained_modules(model: PeftModel, scenario: Scenario) -> None:
+    """Raise :class:`ConfigError` unless every name of ``scenario.trained_modules`` owns weights.
+
+    The key is the strategy's table's (``zo.trainable_modules``, ``ferret.trainable_modules``).
+    """
+    modules = scenario.trained_modules
+    owners = {_owner(name) for name in _module_weights(model, modules)}
+    missing = [m for m in modules if m not in owners]
+    if missing:
+        key = f"{scenario.federation.spec.settings}.trainable_modules"
+        raise ConfigError(key, f"the model has no module with weights named {missing[0]!r}")

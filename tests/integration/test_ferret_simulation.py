@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -64,3 +65,49 @@ def test_ferret_clients_join_a_lora_fair_round(tmp_path):
     assert len(ferret_rows) == 4 and len(first_order) == 6
     assert all(c["ferret_synced_exact"] == 1.0 for c in ferret_rows)
     assert max(c["bytes_up"] for c in ferret_rows) * 50 < min(c["bytes_up"] for c in first_order)
+
+
+def test_ort_clients_in_a_ferret_run_hold_the_servers_bits(tmp_path):
+    # partitions 0-2 train on ONNX Runtime and keep their view and projection in numpy
+    rounds, clients = simulate(
+        tmp_path / "ort",
+        "federation.strategy='ferret'",
+        "federation.num_rounds=3",
+        "federation.fraction_train=0.6",
+        "federation.min_train_clients=3",
+        "client_groups=[{partitions=[0, 1, 2], backend='ort'}]",
+    )
+    assert rounds[-1]["eval_loss"] < rounds[0]["eval_loss"] - 1.0
+    assert len(clients) == 9
+    ort = [c for c in clients if c["partition"] in (0, 1, 2)]
+    assert ort and all(c["ferret_numpy"] == 1.0 for c in ort)
+    assert all(c["ferret_numpy"] == 0.0 for c in clients if c["partition"] > 2)
+    # the numpy view (catch-up replay included) equals the server's torch state, every round
+    assert all(c["ferret_synced_exact"] == 1.0 for c in clients)
+    later = [c for c in ort if c["round"] > 1]
+    assert later and all(
+        c["bytes_down"] < FEDIT_UPDATE_BYTES for c in later
+    )  # history, not factors
+
+
+def test_a_full_parameter_ferret_run_writes_the_modules_weights(tmp_path):
+    out = tmp_path / "modules"
+    rounds, clients = simulate(
+        out,
+        "federation.strategy='ferret'",
+        "federation.num_rounds=3",
+        "federation.fraction_train=0.6",
+        "federation.min_train_clients=3",
+        "ferret.trainable_modules=['lm_head', 'down_proj']",
+    )
+    assert rounds[-1]["eval_loss"] < rounds[0]["eval_loss"] - 0.5
+    assert all(c["ferret_synced_exact"] == 1.0 for c in clients)
+    numel = 100 * 64 + 2 * 64 * 128  # lm_head and the two down_proj weights
+    assert all(c["bytes_up"] * 50 < 4 * numel for c in clients)
+    weights = load_file(out / "ferret_weights.safetensors")
+    assert sorted(weights) == [
+        "lm_head.weight",
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+    ]
+    assert not (out / "adapter").exists()

@@ -58,6 +58,30 @@ def test_int8_round_trip_is_within_half_a_scale_per_block_and_one_byte_a_coordin
     assert len(bigger) - len(data) == 10
 
 
+def test_int4_round_trip_is_within_half_a_scale_per_block_and_half_a_byte_a_coordinate():
+    sent = coordinates()
+    data = encode(sent, encoding="int4")
+    reply = decode(data, encoding="int4")
+    assert reply.encoding == "int4" and reply.coordinates.counts == COUNTS
+    for got, want in zip(reply.coordinates.coords, sent.coords, strict=True):
+        scale = float(np.abs(want).max()) / 7
+        assert got.dtype == np.float32
+        assert np.all(np.abs(got - want) <= scale * (0.5 + 1e-5))
+        assert np.abs(got).max() == pytest.approx(np.abs(want).max(), rel=1e-6)  # peak: code 7
+    assert len(encode(sent)) - len(data) == sum(COUNTS) - (sum(COUNTS) + 1) // 2
+    odd = coordinates((64, 5, 3))  # 72 codes: 36 bytes; 71 codes: 36 bytes, a zero pad nibble
+    assert len(encode(odd, encoding="int4")) - len(data) == 0
+
+
+def test_int4_codes_pack_low_nibble_first():
+    sent = FerretCoordinates((3,), (np.float32([7.0, -7.0, 1.0]),))
+    data = encode(sent, encoding="int4")
+    message = ferret_pb2.FerretReply()
+    message.ParseFromString(data)
+    assert message.coords == bytes([0x97, 0x01]) and list(message.scales) == [1.0]
+    assert decode(data, num_blocks=1).coordinates.coords[0].tolist() == [7.0, -7.0, 1.0]
+
+
 def test_fp32_round_trip_is_exact():
     sent = coordinates()
     reply = decode(encode(sent, encoding="fp32"), encoding="fp32")
@@ -84,6 +108,7 @@ def message(**fields):
 
 
 FP32 = ferret_pb2.FERRET_COORD_ENCODING_FP32
+INT4 = ferret_pb2.FERRET_COORD_ENCODING_INT4
 
 
 @pytest.mark.parametrize(
@@ -112,6 +137,9 @@ FP32 = ferret_pb2.FERRET_COORD_ENCODING_FP32
         (message(scales=[0.0, 1.0, 1.0]), "coords", {}),  # non-zero codes at scale 0
         (message(coords=b"\x01" * 70), "coords", {}),
         (message(coords=b"\x80" * 71), "coords", {}),  # -128 is outside the symmetric range
+        (message(encoding=INT4), "coords", {}),  # 71 bytes for 71 int4 codes (36 bytes)
+        (message(encoding=INT4, coords=b"\x08" + b"\x00" * 35), "coords", {}),  # code -8
+        (message(encoding=INT4, coords=b"\x00" * 35 + b"\x10"), "coords", {}),  # pad nibble 1
         (message(), "coords", {"max_abs": 1.0}),
         (
             message(encoding=FP32, scales=[], coords=np.float32([np.inf] * 71).tobytes()),
@@ -157,7 +185,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 VALID = {
-    "reply": [encode(), encode(encoding="fp32")],
+    "reply": [encode(), encode(encoding="fp32"), encode(encoding="int4")],
     "history": [
         encode_ferret_history(
             [FerretRound(1, K, {0: 1.5, 70: -2.0}), FerretRound(3, K, {191: 0.25})],
@@ -234,12 +262,13 @@ def ferret_replies(draw):
         round=draw(st.sampled_from([0, 2, 2**32 - 1])),
         client=draw(st.sampled_from([0, 4, 2**32 - 1])),
         num_blocks=draw(st.sampled_from([len(counts), BLOCKS, 2**32 - 1])),
-        encoding=draw(st.integers(0, 3)),
+        encoding=draw(st.integers(0, 4)),
         seed_counts=counts,
         scales=draw(st.lists(st.floats(width=32), max_size=4)),
         coords=draw(
             st.one_of(
                 st.binary(min_size=total, max_size=total),
+                st.binary(min_size=(total + 1) // 2, max_size=(total + 1) // 2),
                 st.lists(st.floats(width=32), min_size=total, max_size=total).map(
                     lambda v: np.float32(v).tobytes()
                 ),
