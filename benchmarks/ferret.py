@@ -2,23 +2,27 @@
 
 Run from the repository root (not a test; prints measured figures side by side):
 
-    .venv/bin/python benchmarks/ferret.py                      # both parts, default scenario
-    .venv/bin/python benchmarks/ferret.py --timing-only        # part 2 only (a minute)
-    .venv/bin/python benchmarks/ferret.py --smollm2            # part 2 on SmolLM2 shapes too
-    .venv/bin/python benchmarks/ferret.py --scenario simulations/smollm2_chatterbot.toml \
-        --rounds 2 --set train.local_steps=2                   # part 1 on the real model
+    .venv/bin/python benchmarks/ferret.py --plot docs/images/ferret_default.png   # both parts
+    .venv/bin/python benchmarks/ferret.py --timing-only            # part 2 only (minutes)
+    .venv/bin/python benchmarks/ferret.py --timing-only --smollm2  # part 2 on SmolLM2 too
+    flock /work/smollm2.lock .venv/bin/python benchmarks/ferret.py --quality-only \
+        --scenario simulations/smollm2_chatterbot.toml --rounds 3 \
+        --reuse runs/compare/fedit-seed0 --reuse runs/compare/zo-seed0  # reuse a compare's runs
 
-1. Quality per byte: ``fedft compare`` of fedit, ferret and zo on one scenario, same seeds (same
-   split, same initial adapter, same sampled clients), ``--rounds`` rounds. Prints each strategy's
-   eval-loss drop (round 0 -> last) as a fraction of fedit's, and its cumulative uplink bytes as a
-   fraction of fedit's; ``comparison.png`` in ``--out`` has eval loss per round and against
-   cumulative bytes up in one figure.
+1. Quality per byte: fedit, ferret and zo on one scenario, same seeds (same split, same initial
+   adapter, same sampled clients and batches: paired sampling), ``--rounds`` rounds, the run's
+   ``[ferret]`` settings (defaults, or ``--set``). Prints each strategy's eval-loss drop (round 0
+   -> last) as a fraction of fedit's, and its cumulative uplink bytes (client rows' ``bytes_up``)
+   as a fraction of fedit's. ``--reuse DIR`` reads a run named ``<strategy>-seed<N>`` (a ``fedft
+   compare`` folder's) instead of running it, once its scenario is checked to be the same.
+   ``--plot`` draws eval loss per round and against cumulative bytes up in one figure.
 2. Cost: one client's projection (``client_coordinates``) and the server's work for a round (one
    rebuild per reply to check it, plus applying the aggregate) against one local first-order step,
-   on the tiny model's LoRA layout (and SmolLM2-135M's, rank 8 on q_proj/v_proj: 120 tensors,
-   460,800 weights). The update changes every weight by the same amount (1e-3), so a block's
-   norm grows with its size and the largest blocks get all ``K`` seeds; minimum over repeats
-   (the machine is shared).
+   on the tiny model's LoRA factors and all its linear weights (full-parameter), and with
+   ``--smollm2`` SmolLM2-135M's q_proj / v_proj as LoRA rank 8 (460,800 weights) and as full
+   weights (13.3 M). The update changes every weight by the same amount (1e-3), so a block's norm
+   grows with its size and the largest blocks get all ``K`` seeds (the most expensive case);
+   minimum over repeats (the machine is shared).
 """
 
 from __future__ import annotations
@@ -209,7 +213,7 @@ TINY_FULL = f"ferret.trainable_modules={LINEAR}"
 SMOL_FULL = "ferret.trainable_modules=['q_proj','v_proj']"
 
 
-def timing(smollm2: bool, pool_sizes: list[int]) -> None:
+def timing(smollm2: bool, pool_sizes: list[int], smollm2_steps: bool = False) -> None:
     """Part 2: projection and server round against one local step, side by side."""
     torch.set_num_threads(1)
     from clients.runtimes.torch_lora import client_model
@@ -232,15 +236,20 @@ def timing(smollm2: bool, pool_sizes: list[int]) -> None:
             lambda: step_seconds([*ferret, TINY_FULL], default),
         ),
     ]
-    if smollm2:
+    if smollm2:  # the steps load the real model: run them under the SmolLM2 lock
         smol = ROOT / "simulations/smollm2_chatterbot.toml"
         cases += [
-            ("SmolLM2 q,v LoRA r8", smollm2_layout(), 3, lambda: step_seconds(ferret, smol)),
+            (
+                "SmolLM2 q,v LoRA r8",
+                smollm2_layout(),
+                3,
+                (lambda: step_seconds(ferret, smol)) if smollm2_steps else None,
+            ),
             (
                 "SmolLM2 q,v full",
                 smollm2_layout(full=True),
                 3,
-                lambda: step_seconds([*ferret, SMOL_FULL], smol),
+                (lambda: step_seconds([*ferret, SMOL_FULL], smol)) if smollm2_steps else None,
             ),
         ]
     print(
@@ -248,14 +257,15 @@ def timing(smollm2: bool, pool_sizes: list[int]) -> None:
         f"{'project s':>9} {'server s':>8} {'clients':>7} {'step s':>7} {'project/step':>12}"
     )
     for name, layout, clients, step in cases:
-        step_s = step()
+        step_s = step() if step is not None else float("nan")
         numel = sum(int(np.prod(shape)) for _, shape in layout)
         for pool_size in pool_sizes:
             blocks, coords, project_s, server_s = projection_costs(layout, pool_size, clients)
             print(
                 f"{name:>22} {numel:>10} {pool_size:>5} {blocks:>6} {coords:>7} "
                 f"{project_s:9.3f} {server_s:8.3f} {clients:>7} {step_s:7.3f} "
-                f"{project_s / step_s:12.2f}"
+                f"{project_s / step_s:12.2f}",
+                flush=True,
             )
 
 
@@ -277,13 +287,15 @@ def main() -> None:
     parser.add_argument("--timing-only", action="store_true")
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--smollm2", action="store_true", help="part 2 on SmolLM2 shapes too")
+    parser.add_argument("--smollm2-steps", action="store_true", help="and time its steps")
     parser.add_argument("--pool-sizes", default="64,200", help="part 2's K values")
     args = parser.parse_args()
     if not args.timing_only:
         seeds = [int(s) for s in args.seeds.split(",")]
         quality(args.scenario, args.rounds, seeds, args.overrides, args.out, args.reuse, args.plot)
     if not args.quality_only:
-        timing(args.smollm2, [int(k) for k in args.pool_sizes.split(",")])
+        pool_sizes = [int(k) for k in args.pool_sizes.split(",")]
+        timing(args.smollm2 or args.smollm2_steps, pool_sizes, args.smollm2_steps)
 
 
 if __name__ == "__main__":

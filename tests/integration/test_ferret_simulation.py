@@ -19,7 +19,7 @@ def simulate(out, *overrides):
     args = [sys.executable, "-m", "fedft.cli", "simulate", str(ROOT / "simulations/default.toml")]
     for o in [*COMMON, *overrides]:
         args += ["--set", o]
-    proc = subprocess.run(args + ["--out", str(out)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(args + ["--out", str(out)], capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "dropped reply" not in proc.stderr, proc.stderr[-3000:]
     assert not re.search(r"node \d+ failed", proc.stderr), proc.stderr[-3000:]

@@ -67,8 +67,9 @@ def make(kind="ferret", **robust):
 
 
 def sent(coords, client):
-    """The coordinates as the server decodes them (int8: dequantized)."""
-    payload = encode_ferret_reply(coords, pool_id=0, round=ROUND, client=client, encoding="int8")
+    """The coordinates as the server decodes them (int8 or int4: dequantized)."""
+    encoding = FERRET.coord_encoding
+    payload = encode_ferret_reply(coords, pool_id=0, round=ROUND, client=client, encoding=encoding)
     return decode_ferret_reply(
         payload, num_blocks=len(BLOCKS), pool_size=FERRET.pool_size
     ).coordinates
