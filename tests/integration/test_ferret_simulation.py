@@ -99,8 +99,9 @@ def test_a_full_parameter_ferret_run_writes_the_modules_weights(tmp_path):
         "federation.fraction_train=0.6",
         "federation.min_train_clients=3",
         "ferret.trainable_modules=['lm_head', 'down_proj']",
+        "ferret.pool_size=200",  # 3 blocks of 6-8 k weights: more directions than for LoRA
     )
-    assert rounds[-1]["eval_loss"] < rounds[0]["eval_loss"] - 0.5
+    assert rounds[-1]["eval_loss"] < rounds[0]["eval_loss"] - 0.2
     assert all(c["ferret_synced_exact"] == 1.0 for c in clients)
     numel = 100 * 64 + 2 * 64 * 128  # lm_head and the two down_proj weights
     assert all(c["bytes_up"] * 50 < 4 * numel for c in clients)
