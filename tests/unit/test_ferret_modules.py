@@ -1,22 +1,28 @@
 """Ferret on all weights of chosen modules (full-parameter): client round, exact rebuild, config
-checks, and the run's output (the weights, not an adapter)."""
+checks, the server's aggregate of module-weight replies, and the run's output (the weights, not an
+adapter)."""
 
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord
 from safetensors.torch import load_file
 
 from clients.runtimes.torch_ferret import TorchFerret
 from clients.runtimes.torch_lora import client_model
-from fedft.config import load_scenario
+from fedft.config import FerretSection, RobustSection, load_scenario
 from fedft.errors import ConfigError
 from fedft.factors import factors_digest
-from fedft.ferret.aggregate import rebuild_
+from fedft.ferret.aggregate import client_coordinates, rebuild_, replay_history_
 from fedft.ferret.blocks import state_blocks
+from fedft.flower_records import FERRET_REPLY_KEY, factors_to_record, record_to_factors
 from fedft.run_outputs import write_outputs
-from fedft.wire.ferret import decode_ferret_reply
+from fedft.wire.ferret import decode_ferret_reply, encode_ferret_reply
 from fedft.wire.order import in_zo_order
+from fedft.zo.seeds import seed_pool_id
 from fedft.zo.trainable import check_trained_modules, initial_state
+from server.strategies.ferret import FerretStrategy
+from tests.unit.replies import Grid, reply
 
 MODULES = ["lm_head", "down_proj"]
 FERRET = [
@@ -105,3 +111,41 @@ def test_a_run_of_module_weights_writes_them_under_the_bases_names(tmp_path):
     assert list(saved) == ["lm_head.weight"]
     np.testing.assert_array_equal(saved["lm_head.weight"].numpy(), np.full((3, 2), 0.5))
     assert not (tmp_path / "adapter").exists()
+
+
+def test_the_server_aggregates_module_weight_replies_and_a_node_replays_them():
+    scenario = load_scenario("simulations/default.toml", FERRET)
+    start = initial_state(client_model(scenario, 0)[0], MODULES)
+    ferret, run_seed = FerretSection(pool_size=16), 5
+    strategy = FerretStrategy(
+        ferret=ferret,
+        run_seed=run_seed,
+        num_clients=4,
+        robust=RobustSection(),
+        min_available_nodes=1,
+        min_train_nodes=1,
+    )
+    strategy.configure_train(1, factors_to_record(start), ConfigRecord(), Grid(range(1, 5)))
+    blocks = state_blocks(start, ferret.block_size)
+    replies = []
+    for node in (1, 2, 3):
+        gen = torch.Generator().manual_seed(node)
+        end = {k: v - 1e-3 * torch.randn(v.shape, generator=gen) for k, v in start.items()}
+        window = {"round": 1, "client": node - 1, "pool_size": ferret.pool_size}
+        coords = client_coordinates(
+            in_zo_order(start), in_zo_order(end), blocks, run_seed=run_seed, **window
+        )
+        pool_id = seed_pool_id(run_seed, 1, ferret.pool_size)
+        payload = encode_ferret_reply(
+            coords, pool_id=pool_id, round=1, client=node - 1, encoding=ferret.coord_encoding
+        )
+        replies.append(reply(node, {FERRET_REPLY_KEY: ConfigRecord({"coords": payload})}))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None  # every reply passed the server's checks on module weights
+    new = record_to_factors(arrays)
+    assert sorted(new) == sorted(start) and factors_digest(new) != factors_digest(start)
+    node_view = {k: v.numpy().copy() for k, v in start.items()}  # a numpy node catching up
+    replay_history_(in_zo_order(node_view), blocks, strategy.history, run_seed, ferret.server_lr)
+    assert factors_digest({k: torch.from_numpy(v) for k, v in node_view.items()}) == (
+        factors_digest(new)
+    )
