@@ -24,7 +24,8 @@ from clients.replies import FactorReply
 from clients.runtimes import runtime_for, torch_lora
 from fedft.config import Scenario
 from fedft.console import quiet_flower_app
-from fedft.flower_records import config_int, config_to_scenario, record_to_factors
+from fedft.flower_records import MERGED_KEY, config_int, config_to_scenario, record_to_factors
+from fedft.merged_base import merge_delta_
 
 app = ClientApp()
 
@@ -79,6 +80,9 @@ def train(msg: Message, context: Context) -> Message:
         start = record_to_factors(msg.content.array_records["arrays"])
     if ferret_run and scenario.trained_modules and backend == "torch":  # module weights
         backend = "ferret"  # (TorchLora trains LoRA factors only)
+    if scenario.federation.spec.merges_base:  # FLoRA: the base holds the merged update
+        model, _ = torch_lora.client_model(scenario, partition_id)
+        merge_delta_(model, record_to_factors(msg.content.array_records[MERGED_KEY]))
     runtime = runtime_for(backend, zo_run)
     reply = runtime.train_round(scenario, partition_id, start, server_round, node)
     if ferret_run and not isinstance(reply, FerretReply):  # every first-order node projects

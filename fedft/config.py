@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedft.errors import ConfigError
+from fedft.lora_checks import check_ranks
+from fedft.optim_config import FedProxSection, ServerOptSection
 from fedft.privacy.config import PrivacySection
 from fedft.schema import build, check, to_dict
 from fedft.strategies import STRATEGIES, StrategySpec
@@ -461,12 +463,17 @@ class ClientGroup:
         [[client_groups]]
         partitions = [0, 1]
         quantization = "nf4"
+
+    ``lora_rank`` gives the partitions a LoRA rank below ``lora.rank`` (the server's, the largest):
+    they train the leading ``lora_rank`` components of the global factors, at the server's scale
+    ``lora.alpha / lora.rank`` (:meth:`Scenario.lora_for`); ``0`` keeps ``lora.rank``.
     """
 
     partitions: tuple[int, ...] = ()
     backend: str = ""
     quantization: str = ""
     device: str = ""
+    lora_rank: int = 0
 
     def __post_init__(self) -> None:
         check(len(self.partitions) > 0, "client_groups.partitions", "must list partition ids")
@@ -483,6 +490,7 @@ class ClientGroup:
             check(
                 self.device in ("auto", "cpu", "cuda"), "client_groups.device", "auto, cpu or cuda"
             )
+        check(self.lora_rank >= 0, "client_groups.lora_rank", "must be >= 0 (0: lora.rank)")
 
 
 @dataclass(frozen=True)
@@ -529,6 +537,8 @@ class Scenario:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     client_groups: tuple[ClientGroup, ...] = ()
+    server_opt: ServerOptSection = field(default_factory=ServerOptSection)
+    fedprox: FedProxSection = field(default_factory=FedProxSection)
 
     def __post_init__(self) -> None:
         if (count := self.data.known_count) is not None:  # as fedft.task.split_clients checks
@@ -564,6 +574,7 @@ class Scenario:
             )
             check(False, "robust.aggregator", why)
 
+        check_ranks(self)
         backends = {self.client.backend, *(g.backend for g in self.client_groups if g.backend)}
         if self.federation.strategy == "ferret":
             check(
@@ -642,6 +653,31 @@ class Scenario:
                 }
                 return dataclasses.replace(self.client, **changes)
         return self.client
+
+    def rank_for(self, partition_id: int) -> int:
+        """The LoRA rank a partition trains: its group's ``lora_rank``, else ``lora.rank``."""
+        for group in self.client_groups:
+            if partition_id in group.partitions and group.lora_rank:
+                return group.lora_rank
+        return self.lora.rank
+
+    def lora_for(self, partition_id: int) -> LoraConfig:
+        """The partition's LoRA settings: its rank ``r_k``, alpha ``lora.alpha r_k / lora.rank``.
+
+        Every client keeps the server's scale ``alpha / r``, so its ``B_k A_k`` adds to the base
+        weight exactly as the same product in the server's adapter does.
+        """
+        rank = self.rank_for(partition_id)
+        if rank == self.lora.rank:
+            return self.lora
+        return dataclasses.replace(
+            self.lora, rank=rank, alpha=self.lora.alpha * rank / self.lora.rank
+        )
+
+    @property
+    def heterogeneous_ranks(self) -> bool:
+        """Whether some partition trains another rank than ``lora.rank``."""
+        return any(g.lora_rank not in (0, self.lora.rank) for g in self.client_groups)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of every value (resolved defaults included)."""

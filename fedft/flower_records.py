@@ -27,6 +27,7 @@ ZO_HISTORY_KEY = "zo-history"  # train config entry: <fedft.v1.ZoHistory bytes> 
 ZO_CHECKPOINT_ROUND_KEY = "zo-checkpoint-round"  # train config entry when arrays are sent instead
 FERRET_REPLY_KEY = "ferret"  # ConfigRecord of a Ferret reply: {"coords": <fedft.v1.FerretReply>}
 FERRET_HISTORY_KEY = "ferret-history"  # train config entry: <fedft.v1.FerretHistory bytes>
+MERGED_KEY = "merged"  # ArrayRecord of a flora train message: the factors merged into the base
 FERRET_CHECKPOINT_ROUND_KEY = "ferret-checkpoint-round"  # train config entry with the arrays
 
 

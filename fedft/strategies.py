@@ -9,6 +9,12 @@ its name.
 - ``fedit``: weighted average of A and B separately (FedIT, arXiv 2305.05644);
 - ``lora_fair``: FedIT's averages with B corrected towards ``sum_k p_k B_k A_k`` (LoRA-FAIR,
   arXiv 2411.14961), settings in ``[lora_fair]``;
+- ``flexlora``: ``sum_k p_k B_k A_k`` as a truncated SVD at the server's rank, a client of rank
+  ``r_k`` gets its leading ``r_k`` components (FlexLoRA, arXiv 2402.11505);
+- ``flora``: the clients' factors stacked (exactly ``sum_k p_k B_k A_k``) and merged into the
+  base weights; every round starts a fresh LoRA (FLoRA, arXiv 2409.05976);
+- ``ffa_lora``: ``A`` frozen at its seeded initial value, ``B`` averaged, which is exact
+  (FFA-LoRA, arXiv 2403.12313);
 - ``zo``: clients' ``g`` summed per shared seed and replayed onto the global state (FedKSeed-style
   zeroth order), settings in ``[zo]``;
 - ``ferret``: clients' first-order updates as coordinates on shared-seed directions, summed per
@@ -44,6 +50,17 @@ class StrategySpec:
         The ``robust.aggregator`` values it composes with (``mean`` is its own aggregate).
     settings : str
         The scenario table holding its own settings (``""``: none).
+    heterogeneous_ranks : bool
+        Clients may train other ranks than ``lora.rank`` (``client_groups.lora_rank``): each one
+        is sent the leading components of the global factors at its rank, its reply is checked
+        at that rank and zero-padded to the server's before it is aggregated.
+    frozen_a : bool
+        Clients keep every ``lora_A`` as sent (FFA-LoRA) and train ``lora_B`` only; a reply whose
+        ``lora_A`` changed is refused.
+    merges_base : bool
+        Between rounds the aggregate is merged into the base weights and every client trains a
+        fresh LoRA (FLoRA): train messages carry the merged factors, which clients add to their
+        (float, torch) base.
     """
 
     name: str
@@ -51,6 +68,9 @@ class StrategySpec:
     shared_seeds: bool
     aggregators: tuple[str, ...]
     settings: str = ""
+    heterogeneous_ranks: bool = False
+    frozen_a: bool = False
+    merges_base: bool = False
 
 
 STRATEGIES: dict[str, StrategySpec] = {
@@ -61,6 +81,7 @@ STRATEGIES: dict[str, StrategySpec] = {
             "weighted average of A and B separately (FedIT)",
             shared_seeds=False,
             aggregators=("mean", *COORDINATE_WISE, *SELECTING),
+            heterogeneous_ranks=True,  # zero-padded factors: HetLoRA's naive baseline
         ),
         StrategySpec(
             "lora_fair",
@@ -68,6 +89,30 @@ STRATEGIES: dict[str, StrategySpec] = {
             shared_seeds=False,
             aggregators=("mean", *SELECTING),  # its target is the weighted mean of B_k A_k
             settings="lora_fair",
+            heterogeneous_ranks=True,  # zero-padded, then corrected towards the exact update
+        ),
+        StrategySpec(
+            "flexlora",
+            "truncated SVD of sum_k p_k B_k A_k at the server's rank; clients their own (FlexLoRA)",
+            shared_seeds=False,
+            aggregators=("mean", *SELECTING),  # its target is the weighted mean of B_k A_k
+            heterogeneous_ranks=True,
+        ),
+        StrategySpec(
+            "flora",
+            "clients' factors stacked, merged into the base; clients start a fresh LoRA (FLoRA)",
+            shared_seeds=False,
+            aggregators=("mean", *SELECTING),  # the stack is exact: sum_k p_k B_k A_k
+            heterogeneous_ranks=True,
+            merges_base=True,
+        ),
+        StrategySpec(
+            "ffa_lora",
+            "A frozen from the seed, weighted average of B: exact (FFA-LoRA)",
+            shared_seeds=False,
+            aggregators=("mean", *COORDINATE_WISE, *SELECTING),
+            heterogeneous_ranks=True,
+            frozen_a=True,
         ),
         StrategySpec(
             "zo",

@@ -56,6 +56,12 @@ def build_strategy(scenario: Scenario, on_client: ClientLog) -> FedIT:
         "num_clients": fed.num_clients,
         "robust": scenario.robust,
         "privacy": ServerPrivacy(scenario) if scenario.privacy.enabled else None,
+        "server_opt": scenario.server_opt,
+        "client_ranks": {  # partitions of a rank below the server's (client_groups.lora_rank)
+            pid: scenario.rank_for(pid)
+            for pid in range(fed.num_clients)
+            if scenario.rank_for(pid) != scenario.lora.rank
+        },
         "fraction_train": fed.fraction_train,
         "fraction_evaluate": 0.0,
         "min_train_nodes": fed.min_train_clients,
@@ -241,6 +247,7 @@ class Federation:
         """Evaluate ``arrays`` on the global eval set; record it with the strategy's metrics."""
         num_rounds = self.scenario.federation.num_rounds
         self.status.show(f"round {server_round}/{num_rounds}: evaluating the global model")
+        self.strategy.prepare_model(self.model)  # FLoRA: the merged base
         set_trainable_(self.model, record_to_factors(arrays), self.scenario.trained_modules)
         metrics = global_metrics(
             self.model,
@@ -272,7 +279,7 @@ class Federation:
         """Write the adapter (or module weights) of ``server_round``."""
         write_outputs(
             self.model,
-            factors,
+            self.strategy.output_factors(factors),
             self.tokenizer,
             self.scenario,
             self.run_dir,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from flwr.app import Message, RecordDict
 
+from fedft.algorithms.ffa_lora import check_frozen_a
+from fedft.algorithms.hetero_lora import pad_state, state_rank
 from fedft.algorithms.validation import (
     check_lora_products,
     check_update_limits,
@@ -49,6 +51,9 @@ class ClientUpdate:
     metrics: dict[str, float]
     bytes_up: int
     records: tuple[ZoRecord, ...] = ()  # a zo client's steps (its factors are rebuilt from them)
+    # ||X_k - X_start|| at the node's own rank, when its factors were zero-padded to the server's
+    # (the padded factors' distance to the global ones would count the components it never had)
+    update_norm: float | None = None
 
     @property
     def order(self) -> tuple[float, int]:
@@ -80,47 +85,87 @@ class ReplyCodec:
     num_clients: int | None = None
     robust: RobustSection = field(default_factory=RobustSection)
     weighted_by_key: str = "num-examples"
+    frozen_a: bool = False  # FFA-LoRA: a reply's lora_A must be exactly what it was sent
     server_round: int = 0
     global_factors: dict[str, torch.Tensor] = field(default_factory=dict)
     global_norm: float = 0.0  # ||X|| of the round's global factors
     zo_clients: dict[int, int] = field(default_factory=dict)  # zo client index -> node, this round
+    node_starts: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
-    def start_round(self, server_round: int, global_factors: dict[str, torch.Tensor]) -> None:
-        """Check this round's replies against ``global_factors``, the state it started from."""
+    def start_round(
+        self,
+        server_round: int,
+        global_factors: dict[str, torch.Tensor],
+        node_starts: Mapping[int, dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        """Check this round's replies against ``global_factors``, the state it started from.
+
+        ``node_starts`` holds what a node of another rank than the server's was sent (the leading
+        components of ``global_factors``): its reply must have exactly those shapes.
+        """
         self.server_round = server_round
         self.global_factors = global_factors
         self.global_norm = state_norm(global_factors)
         self.zo_clients = {}
+        self.node_starts = dict(node_starts or {})
 
     def decode(self, msg: Message) -> ClientUpdate:
-        """Turn a reply of any kind into a :class:`ClientUpdate`, raising :class:`ReplyError`."""
+        """Turn a reply of any kind into a :class:`ClientUpdate`, raising :class:`ReplyError`.
+
+        A reply is checked against what its node was sent; a node of a lower rank's factors are
+        then zero-padded to the server's rank (:func:`fedft.algorithms.hetero_lora.pad_state`),
+        which keeps every product ``B_k A_k``.
+        """
         content = msg.content
         metrics, num_examples = self.reply_metrics(content)
         node = msg.metadata.src_node_id
+        start = self.node_starts.get(node, self.global_factors)
         update = functools.partial(
             ClientUpdate, node_id=node, num_examples=num_examples, metrics=metrics
         )
         if ZO_REPLY_KEY in content.config_records:
             payload, records = self.zo_records(content, node)
-            factors = rebuild_factors(
-                self.global_factors, records, self.zo, self.run_seed, self.server_round
-            )
-            self.check_factors(factors, num_examples, metrics)
+            factors = rebuild_factors(start, records, self.zo, self.run_seed, self.server_round)
+            self.check_factors(factors, num_examples, metrics, start)
             metrics["zo_rebuild_exact"] = self.check_digest(metrics, "end_digest", factors, node)
-            return update(factors=factors, bytes_up=len(payload), records=records)
+            return update(
+                factors=self.padded(factors, start), bytes_up=len(payload), records=records
+            )
         if UPDATE_KEY in content.config_records:
             encoded = content.config_records[UPDATE_KEY].get(UPDATE_KEY)
             if not isinstance(encoded, bytes):
                 raise ReplyError(f"reply: `{UPDATE_KEY}.{UPDATE_KEY}` must be bytes")
-            factors = decode_update(encoded, template=self.global_factors)
-            self.check_factors(factors, num_examples, metrics)
-            return update(factors=factors, bytes_up=len(encoded))
+            factors = decode_update(encoded, template=start)
+            self.check_factors(factors, num_examples, metrics, start)
+            return update(
+                factors=self.padded(factors, start),
+                bytes_up=len(encoded),
+                update_norm=self.own_norm(metrics, start),
+            )
         if len(content.array_records) != 1:
             raise ReplyError("reply must hold exactly one ArrayRecord (or a zo record)")
         record = next(iter(content.array_records.values()))
-        factors = record_to_factors(record, template=self.global_factors)
-        self.check_factors(factors, num_examples, metrics)
-        return update(factors=factors, bytes_up=record_nbytes(record))
+        factors = record_to_factors(record, template=start)
+        self.check_factors(factors, num_examples, metrics, start)
+        return update(
+            factors=self.padded(factors, start),
+            bytes_up=record_nbytes(record),
+            update_norm=self.own_norm(metrics, start),
+        )
+
+    def own_norm(
+        self, metrics: dict[str, float], start: Mapping[str, torch.Tensor]
+    ) -> float | None:
+        """The update norm :meth:`check_factors` measured, for a node of a lower rank only."""
+        return None if start is self.global_factors else metrics["update_norm"]
+
+    def padded(
+        self, factors: dict[str, torch.Tensor], start: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """``factors`` at the server's rank: zero-padded if ``start`` was of a lower rank."""
+        if start is self.global_factors:
+            return factors
+        return pad_state(factors, state_rank(self.global_factors))
 
     def decode_zo(self, msg: Message) -> ClientUpdate:
         """A ``zo`` run's reply: its records only (aggregated per seed, not rebuilt one by one)."""
@@ -189,21 +234,29 @@ class ReplyCodec:
         return payload, reply.records
 
     def check_factors(
-        self, factors: Mapping[str, torch.Tensor], num_examples: float, metrics: dict[str, float]
+        self,
+        factors: Mapping[str, torch.Tensor],
+        num_examples: float,
+        metrics: dict[str, float],
+        start: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         """Raise :class:`ReplyError` unless a reply's factors may enter the aggregate.
 
-        Records the server-measured ``update_norm`` (``||X_k - X||``) in ``metrics``.
+        ``start`` is what the node was sent (default: the global factors). Records the
+        server-measured ``update_norm`` (``||X_k - X_start||``) in ``metrics``.
         """
-        validate_factors(factors, self.global_factors, num_examples)
+        start = self.global_factors if start is None else start
+        validate_factors(factors, start, num_examples)
         metrics["update_norm"] = check_update_limits(
             factors,
-            self.global_factors,
+            start,
             self.robust.max_update_norm,
             self.robust.max_relative_update,
-            self.global_norm,
+            self.global_norm if start is self.global_factors else None,
         )
         check_lora_products(factors)
+        if self.frozen_a:
+            check_frozen_a(factors, start)
 
     def check_digest(
         self, metrics: dict[str, float], key: str, factors: Mapping[str, torch.Tensor], node: int

@@ -144,7 +144,10 @@ def drop_norm_outliers(
     """
     if len(updates) < 3 or not all(u.factors for u in updates):
         return updates
-    norms = [update_norm(u.factors, global_factors) for u in updates]
+    norms = [
+        update_norm(u.factors, global_factors) if u.update_norm is None else u.update_norm
+        for u in updates
+    ]
     outliers = set(norm_outliers(norms, factor))
     for k in sorted(outliers):
         log.warning(

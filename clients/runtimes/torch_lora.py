@@ -7,9 +7,10 @@ datasets here (:func:`client_model`, :func:`client_datasets`) are shared with th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from peft import PeftModel
@@ -18,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from clients.replies import FactorReply
 from clients.runtimes import ClientRuntime, register_runtime
 from fedft.adapters import get_factors, set_factors_
+from fedft.algorithms.hetero_lora import truncate_state
 from fedft.config import Scenario
 from fedft.data import EncodedDataset
 from fedft.devices import select_device
@@ -38,9 +40,45 @@ def client_model(
     :func:`fedft.models.load_peft_model`.
     """
     client = scenario.client_for(partition_id)
+    lora = scenario.lora_for(partition_id)  # its own rank (client_groups.lora_rank)
     return load_peft_model(
-        scenario.model, scenario.lora, scenario.run.seed, client.quantization, client.device
+        scenario.model, lora, scenario.run.seed, client.quantization, client.device
     )
+
+
+def freeze_a_(model: PeftModel, frozen: bool) -> None:
+    """Make every ``lora_A`` trainable or not (FFA-LoRA trains ``lora_B`` only).
+
+    Set every round: the model is shared by every run a process serves.
+    """
+    for name, param in model.named_parameters():
+        if ".lora_A." in name:
+            param.requires_grad_(not frozen)
+
+
+@contextlib.contextmanager
+def proximal_term(model: PeftModel, mu: float) -> Iterator[None]:
+    """FedProx (Li et al., MLSys 2020, arXiv 1812.06127): train on ``loss + mu/2 ||w - w_t||^2``.
+
+    ``w_t`` are the trainable factors as the round starts. The term's gradient ``mu (w - w_t)`` is
+    added to each trainable factor's gradient by a tensor hook during the round (``train_loss``
+    stays the task loss); ``mu = 0`` adds nothing and registers nothing.
+    """
+    if mu <= 0:
+        yield
+        return
+    handles = []
+    for param in model.parameters():
+        if param.requires_grad:
+            start = param.detach().clone()
+            handles.append(
+                param.register_hook(lambda g, p=param, w0=start: g + mu * (p.detach() - w0))
+            )
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @functools.cache
@@ -70,10 +108,12 @@ class TorchLora(ClientRuntime):
         train_set, eval_set = client_datasets(scenario, partition_id)
         device = select_device(scenario.client_for(partition_id).device)
         set_factors_(model, start)
+        freeze_a_(model, scenario.federation.spec.frozen_a)
         seed = batch_seed(scenario, server_round, partition_id)
         lr = round_lr(scenario.train, server_round, scenario.federation.num_rounds)
         started = time.perf_counter()
-        result = train_local(model, train_set, scenario.train, seed, device, lr=lr)
+        with proximal_term(model, scenario.fedprox.mu):
+            result = train_local(model, train_set, scenario.train, seed, device, lr=lr)
         train_s = time.perf_counter() - started
         metrics = {
             "train_loss": result.loss,
@@ -96,6 +136,9 @@ def evaluate_round(
     """Evaluate the global factors on the partition's eval split."""
     model, _ = client_model(scenario, partition_id)
     _, eval_set = client_datasets(scenario, partition_id)
+    rank = scenario.rank_for(partition_id)
+    if rank != scenario.lora.rank:  # it holds the leading components only
+        global_factors = truncate_state(global_factors, rank)
     set_factors_(model, global_factors)
     return evaluate(
         model,

@@ -203,6 +203,35 @@ def flexlora_aggregate(
 _ModuleMap = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def flora_accumulate(
+    merged: Mapping[str, torch.Tensor],
+    states: Sequence[Mapping[str, torch.Tensor]],
+    p: Sequence[float],
+) -> dict[str, torch.Tensor]:
+    """FLoRA's merge, in factor form: ``dW_merged + sum_k p_k B_k A_k``, recompressed exactly.
+
+    FLoRA (arXiv 2409.05976) adds each round's stacked update to the base weights and restarts
+    every client from a fresh LoRA. fedft keeps what has been merged as factors
+    ``(B_m, A_m)`` with ``B_m A_m = sum_t dW_t`` (``merged``; empty before the first round) so that
+    server and clients add the same ``s B_m A_m`` to the same base weights (``s = alpha / r``;
+    :mod:`fedft.merged_base`). Each round the clients' factors are stacked beside the merged ones
+    (:func:`flora_stack`, weights ``(1, p_1, .., p_n)``) and recompressed by
+    :func:`lowrank_svd`, keeping every nonzero singular value: the product is unchanged (up to
+    float64 rounding) and the rank stays at most ``min(d, k_in)``. Only LoRA factor pairs are kept.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for a_key, b_key in module_pairs(states[0]).values():
+        a_list = [s[a_key] for s in states]
+        b_list = [s[b_key] for s in states]
+        weights = list(p)
+        if a_key in merged:
+            a_list, b_list, weights = [merged[a_key], *a_list], [merged[b_key], *b_list], [1.0, *p]
+        svd = lowrank_svd(a_list, b_list, weights)
+        a, b = svd.factors(max(svd.s.numel(), 1))
+        out[a_key], out[b_key] = a, b  # float64: merges repeat, their rounding must not pile up
+    return out
+
+
 def _map_modules(state: Mapping[str, torch.Tensor], fn: _ModuleMap) -> dict[str, torch.Tensor]:
     out = dict(state)
     for module, (a_key, b_key) in module_pairs(state).items():

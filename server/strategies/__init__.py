@@ -6,6 +6,9 @@ module            strategy
 ``fedit``         ``fedit``: FedAvg of the LoRA factors (FedIT), every reply validated
 ``lora_fair``     ``lora_fair``: FedIT's replies, aggregated with LoRA-FAIR's correction
 ``zo``            ``zo``: shared-seed zeroth-order records, summed per seed and replayed
+``flexlora``      ``flexlora``: truncated SVD of ``sum_k p_k B_k A_k`` (per-client ranks)
+``flora``         ``flora``: the stacked factors merged into the base, a fresh LoRA each round
+``ffa_lora``      ``ffa_lora``: ``lora_A`` frozen, ``lora_B`` averaged (exact)
 ================  =====================================================================
 
 A strategy class registers its name with :func:`register_strategy` and builds itself from the

@@ -14,8 +14,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
+from peft import PeftModel
 
 from fedft.algorithms.fedavg import weighted_average
+from fedft.algorithms.hetero_lora import truncate_state
 from fedft.algorithms.robust import coordinate_median, trimmed_mean
 from fedft.config import FerretSection, RobustSection, Scenario, ZoSection
 from fedft.flower_records import (
@@ -24,11 +26,13 @@ from fedft.flower_records import (
     record_to_factors,
     without_scenario,
 )
+from fedft.optim_config import ServerOptSection
 from server import screening
 from server.ferret_replies import decode_ferret
 from server.partitions import PartitionSampler
 from server.privacy import ServerPrivacy
 from server.replies import ClientUpdate, ReplyCodec
+from server.server_opt import build as server_optimizer
 from server.strategies import register_strategy
 
 log = logging.getLogger("fedft.server")
@@ -67,6 +71,13 @@ class FedIT(FedAvg):
     privacy : ServerPrivacy, optional
         ``[privacy]`` on: replies weigh the same and are clipped, the mean is noised and the
         epsilon spent is in the round's metrics (:mod:`server.privacy`).
+    server_opt : ServerOptSection, optional
+        A server optimiser stepping from the global factors towards each accepted aggregate
+        (Flower's FedAvgM, FedAdam, FedYogi: :mod:`server.server_opt`); none by default.
+    client_ranks : Mapping[int, int], optional
+        Partition id -> LoRA rank, for the partitions of a rank below the server's
+        (``client_groups.lora_rank``): such a node is sent the leading components of the global
+        factors at its rank, and its reply must have that rank (then it is zero-padded).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
@@ -80,9 +91,13 @@ class FedIT(FedAvg):
         num_clients: int | None = None,
         robust: RobustSection | None = None,
         privacy: ServerPrivacy | None = None,
+        client_ranks: Mapping[int, int] | None = None,
+        server_opt: ServerOptSection | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.server_opt = server_optimizer(server_opt or ServerOptSection())
+        self.client_ranks = dict(client_ranks or {})
         self.on_client = on_client
         self.robust = robust or RobustSection()
         self.privacy = privacy
@@ -107,11 +122,13 @@ class FedIT(FedAvg):
         return cls(**kwargs)
 
     def state(self) -> dict:
-        """JSON-able state beyond the global factors, for checkpoints (none for FedIT)."""
-        return {}
+        """JSON-able state beyond the global factors, for checkpoints (a server optimiser's)."""
+        return {} if self.server_opt is None else {"server_opt": self.server_opt.state()}
 
     def load_state(self, state: dict) -> None:
         """Restore what :meth:`state` returned."""
+        if self.server_opt is not None:
+            self.server_opt.load_state(state.get("server_opt", ""))
 
     def configure_query(self, server_round: int, grid: Grid) -> list[Message]:
         """Ask the connected nodes whose partition is unknown for it (``fraction_train < 1``).
@@ -120,7 +137,8 @@ class FedIT(FedAvg):
         ``fraction_train = 1`` every node trains, so no partition needs to be known.
         """
         _, connected = sample_nodes(grid, self.min_available_nodes, 0)
-        return [] if self.fraction_train >= 1 else self.sampler.queries(connected)
+        by_partition = self.fraction_train < 1 or self.client_ranks  # ranks follow partitions
+        return self.sampler.queries(connected) if by_partition else []
 
     def aggregate_query(self, server_round: int, replies: Iterable[Message]) -> None:
         """Learn the partitions the replies to :meth:`configure_query` report."""
@@ -141,7 +159,6 @@ class FedIT(FedAvg):
         """
         self.current_round = server_round
         self.global_factors = record_to_factors(arrays)
-        self.replies.start_round(server_round, self.global_factors)
         config = ConfigRecord({**config, "server-round": server_round})
         self.sent, self.bytes_down = [], {}
         nodes = sorted(grid.get_node_ids())
@@ -149,15 +166,41 @@ class FedIT(FedAvg):
             nodes = self.sampler.sample(
                 server_round, nodes, self.fraction_train, self.min_train_nodes
             )
+        node_starts = self.node_starts(server_round, nodes)
+        self.replies.start_round(server_round, self.global_factors, node_starts)
         for node in nodes:
+            if self.client_ranks and node not in self.sampler.partition_of:
+                continue  # its rank is unknown (logged by node_starts)
             node_config = without_scenario(config) if node in self.scenario_holders else config
-            content = self.node_content(node, arrays, node_config)
+            node_arrays = factors_to_record(node_starts[node]) if node in node_starts else arrays
+            content = self.node_content(node, node_arrays, node_config)
             self.sent.append(Message(content, node, MessageType.TRAIN))
             self.bytes_down[node] = sum(record.count_bytes() for record in content.values())
         return self.sent
 
+    def node_starts(
+        self, server_round: int, nodes: list[int]
+    ) -> dict[int, dict[str, torch.Tensor]]:
+        """The start of each node of a rank below the server's: the leading components.
+
+        :func:`fedft.algorithms.hetero_lora.truncate_state` of the global factors at the rank its
+        partition trains. A node whose partition is unknown is logged (and sent nothing).
+        """
+        if not self.client_ranks:
+            return {}
+        starts = {}
+        for node in nodes:
+            partition = self.sampler.partition_of.get(node)
+            if partition is None:
+                log.warning(
+                    "round %d: node %d has not said its partition: skipped", server_round, node
+                )
+            elif partition in self.client_ranks:
+                starts[node] = truncate_state(self.global_factors, self.client_ranks[partition])
+        return starts
+
     def node_content(self, node: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        """What ``node`` is sent this round: the global factors and the config (FedIT)."""
+        """What ``node`` is sent this round: its start factors and the config (FedIT)."""
         return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
 
     def aggregate_train(
@@ -183,10 +226,14 @@ class FedIT(FedAvg):
             if self.privacy is not None:  # equal weights; zo scalars clipped (central)
                 kept = self.privacy.bound(kept)
             factors, metrics = self.aggregate_factors(server_round, kept)
+            if self.server_opt is not None:  # Flower's FedAvgM / FedAdam / FedYogi step
+                factors = self.server_opt.step(server_round, self.global_factors, factors)
             screening.check_aggregate(factors, self.global_factors)
             self.commit(server_round, kept)
             if self.privacy is not None:
                 metrics |= self.privacy.spend(server_round)
+            if self.server_opt is not None:
+                self.server_opt.commit()
         except Exception as err:  # a bug or an unforeseen reply must never end the run
             log.error(
                 "round %d: aggregation failed (%s: %s); the global state is unchanged",
@@ -241,6 +288,16 @@ class FedIT(FedAvg):
         if self.robust.aggregator == "trimmed_mean":
             return trimmed_mean(states, self.robust.trim_fraction), {}
         return weighted_average(states, [u.num_examples for u in updates]), {}
+
+    def prepare_model(self, model: PeftModel) -> None:
+        """Make the server's model hold what the strategy keeps outside the factors (FedIT: none).
+
+        Called before the global factors are evaluated.
+        """
+
+    def output_factors(self, factors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The adapter to write for the global ``factors`` (FedIT: they are it)."""
+        return dict(factors)
 
     def commit(self, server_round: int, updates: list[ClientUpdate]) -> None:
         """Keep what the accepted aggregate changes beyond the factors (nothing for FedIT)."""

@@ -167,3 +167,19 @@ def test_ffa_lora_refuses_a_reply_that_moved_a():
     with pytest.raises(ReplyError, match="frozen"):
         check_frozen_a(moved, start)
     check_frozen_a({k: v.clone() for k, v in start.items()}, start)
+
+
+def test_flora_accumulate_adds_every_rounds_stack_exactly_and_stays_small():
+    from fedft.algorithms.hetero_lora import flora_accumulate
+
+    merged: dict = {}
+    total = torch.zeros(D, K, dtype=F64)
+    for round_seed in range(4):  # 4 rounds of ranks 2 + 4 = 6 each: 24 > min(D, K) = 10
+        a, b = clients([2, 4], seed=10 + round_seed)
+        p = [0.3, 0.7]
+        merged = flora_accumulate(merged, [state(a[i], b[i]) for i in range(2)], p)
+        total += dense([x.float().double() for x in a], [x.float().double() for x in b], p)
+        got = merged["m.lora_B.weight"] @ merged["m.lora_A.weight"]
+        torch.testing.assert_close(got, total, rtol=1e-9, atol=1e-9)
+    assert merged["m.lora_A.weight"].shape[0] <= min(D, K)
+    assert merged["m.lora_A.weight"].dtype == F64

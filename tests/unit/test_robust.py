@@ -116,7 +116,7 @@ def test_krum_strategies_leave_out_the_far_reply(kind, caplog):
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (["robust.aggregator='median'", "federation.strategy='lora_fair'"], "fedit only"),
+        (["robust.aggregator='median'", "federation.strategy='lora_fair'"], "fedit, ffa_lora only"),
         (["robust.aggregator='krum'", "federation.strategy='zo'"], "only 'mean'"),
         (["robust.aggregator='mode'"], "robust.aggregator"),
         (["robust.trim_fraction=0.5"], "robust.trim_fraction"),

@@ -1,0 +1,131 @@
+"""The LoRA-FAIR paper's table on fedft's tiny task, and a client-drift sweep (issue 17).
+
+Purpose: compare the field's LoRA aggregation rules (FFA-LoRA, FedIT, FLoRA, FlexLoRA, LoRA-FAIR)
+         on one non-IID scenario with one rank and with two ranks, and find where LoRA-FAIR's
+         correction starts to pay against FedIT as the clients drift apart (more local steps,
+         smaller dirichlet alpha). Every cell is a ``fedft compare``: the same seed gives every
+         strategy the same split, initial adapter, sampled clients and batches (paired runs).
+Command: PYTHONPATH=$PWD python benchmarks/lora_study.py table --seeds 0,1,2 --out runs/study
+         PYTHONPATH=$PWD python benchmarks/lora_study.py drift --seeds 0,1,2 --out runs/study
+         PYTHONPATH=$PWD python benchmarks/lora_study.py report --out runs/study  (tables only)
+Numbers: simulations/lora_fair_noniid.toml (tiny model, 5 clients, rank 16, dirichlet 0.1, 6
+         rounds of 15 local steps: about a minute a run on an idle 2-core machine). Heterogeneous
+         ranks: partitions 0-2 train rank 4 (a quarter of the server's 16), 3-4 rank 16. Drift
+         sweep: local steps 4 / 15 / 50 at alpha 0.1, then alpha 10 / 0.1 / 0.05 at 50 steps.
+
+Output: ``<out>/<cell>/`` is a ``fedft compare`` folder per cell; ``report`` prints (and writes
+``<out>/study.md``) per cell and strategy the final eval loss, mean ± std over seeds, the paired
+difference against FedIT (same seed), and for LoRA-FAIR the mean over rounds of
+``lora_fair.cos_before`` / ``cos_after`` (FedIT's aggregate is LoRA-FAIR's start, so
+``cos_before`` is how far FedIT's ``B_bar A_bar`` is from ``sum_k p_k B_k A_k``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = ROOT / "simulations" / "lora_fair_noniid.toml"
+TABLE_STRATEGIES = ("ffa_lora", "fedit", "flora", "flexlora", "lora_fair")
+HETERO = "client_groups=[{partitions=[0, 1, 2], lora_rank=4}]"
+TABLE_CELLS = {"table-one-rank": [], "table-two-ranks": [HETERO]}
+DRIFT_CELLS = {
+    "drift-steps4-alpha0.1": ["train.local_steps=4", "partition.alpha=0.1"],
+    "drift-steps15-alpha0.1": ["train.local_steps=15", "partition.alpha=0.1"],
+    "drift-steps50-alpha0.1": ["train.local_steps=50", "partition.alpha=0.1"],
+    "drift-steps50-alpha10": ["train.local_steps=50", "partition.alpha=10.0"],
+    "drift-steps50-alpha0.05": ["train.local_steps=50", "partition.alpha=0.05"],
+}
+
+
+def run_cell(out: Path, strategies: tuple[str, ...], overrides: list[str], seeds: str) -> None:
+    """One ``fedft compare`` into ``out`` (skipped if its comparison.json exists)."""
+    if (out / "comparison.json").exists():
+        return
+    args = [sys.executable, "-m", "fedft.cli", "compare", str(SCENARIO)]
+    args += ["--strategies", ",".join(strategies), "--seeds", seeds, "--out", str(out)]
+    for override in overrides:
+        args += ["--set", override]
+    subprocess.run(args, check=True)
+
+
+def read_rounds(run: Path) -> list[dict]:
+    """The round rows of a run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "round"]
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
+
+
+def cell_table(cell: Path) -> str:
+    """Markdown rows for one compare folder."""
+    runs: dict[str, dict[int, list[dict]]] = {}
+    for run in sorted(p for p in cell.iterdir() if (p / "metrics.jsonl").exists()):
+        strategy, _, seed = run.name.rpartition("-seed")
+        runs.setdefault(strategy, {})[int(seed)] = read_rounds(run)
+    base = runs.get("fedit", {})
+    lines = []
+    for strategy, by_seed in runs.items():
+        final = [rounds[-1]["eval_loss"] for rounds in by_seed.values()]
+        paired = [
+            by_seed[s][-1]["eval_loss"] - base[s][-1]["eval_loss"] for s in by_seed if s in base
+        ]
+        cos = [
+            (r["lora_fair.cos_before"], r["lora_fair.cos_after"])
+            for rounds in by_seed.values()
+            for r in rounds
+            if "lora_fair.cos_before" in r and math.isfinite(r["lora_fair.cos_before"])
+        ]
+        before, after = (statistics.fmean(c[i] for c in cos) if cos else 0.0 for i in (0, 1))
+        cos_text = f"{before:.4f} -> {after:.4f}" if cos else ""
+        diff = mean_std(paired) if strategy != "fedit" else ""
+        seeds = ",".join(map(str, sorted(by_seed)))
+        lines.append(f"| {strategy} | {seeds} | {mean_std(final)} | {diff} | {cos_text} |")
+    return "\n".join(lines)
+
+
+def report(out: Path) -> str:
+    """The study's tables, from every compare folder under ``out``."""
+    head = (
+        "| strategy | seeds | final eval loss | minus FedIT (paired) "
+        "| LoRA-FAIR cos before -> after |\n| --- | --- | --- | --- | --- |"
+    )
+    parts = []
+    for name in [*TABLE_CELLS, *DRIFT_CELLS]:
+        cell = out / name
+        if cell.is_dir():
+            parts.append(f"### {name}\n\n{head}\n{cell_table(cell)}\n")
+    text = "\n".join(parts)
+    (out / "study.md").write_text(text, encoding="utf-8")
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=("table", "drift", "report"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "study")
+    parser.add_argument("--cells", default="", help="comma-separated cell names (default: all)")
+    args = parser.parse_args()
+    cells = TABLE_CELLS if args.part == "table" else DRIFT_CELLS if args.part == "drift" else {}
+    wanted = set(args.cells.split(",")) if args.cells else set(cells)
+    strategies = TABLE_STRATEGIES if args.part == "table" else ("fedit", "lora_fair")
+    for name, overrides in cells.items():
+        if name in wanted:
+            run_cell(args.out / name, strategies, overrides, args.seeds)
+    print(report(args.out))
+
+
+if __name__ == "__main__":
+    main()
