@@ -24,6 +24,12 @@ def check_ranks(scenario: Scenario) -> None:
     each round) or the shared-seed strategies.
     """
     spec = scenario.federation.spec
+    if spec.frozen_a:
+        check(
+            scenario.federation.update_encoding != "int8",
+            "federation.update_encoding",
+            f"{spec.name!r} refuses a reply whose lora_A changed: int8 rows would change it",
+        )
     moving = spec.merges_base or spec.shared_seeds or spec.name == "ferret"
     if scenario.server_opt.optimizer != "none":
         check(not moving, "server_opt.optimizer", f"does not apply to a {spec.name} run")

@@ -57,3 +57,8 @@ def test_flora_needs_float_torch_clients():
             ],
         )
     assert "partition 2 needs a torch client without quantization" in str(err.value)
+
+
+def test_ffa_lora_refuses_an_encoding_that_would_change_the_frozen_a():
+    with pytest.raises(ConfigError, match="federation.update_encoding"):
+        load_scenario(None, ["federation.strategy='ffa_lora'", "federation.update_encoding='int8'"])
