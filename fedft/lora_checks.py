@@ -24,6 +24,12 @@ def check_ranks(scenario: Scenario) -> None:
     each round) or the shared-seed strategies.
     """
     spec = scenario.federation.spec
+    if scenario.heterogeneous_ranks:
+        check(
+            not scenario.privacy.enabled,
+            "client_groups.lora_rank",
+            "per-client ranks and [privacy] do not combine yet (clipping is at one rank)",
+        )
     if spec.frozen_a:
         check(
             scenario.federation.update_encoding != "int8",
