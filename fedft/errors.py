@@ -25,5 +25,9 @@ class ZoError(FedftError, ValueError):
     """A seed pool, record, gradient, weight or scale of the zeroth-order path is invalid."""
 
 
+class SimulationBackendError(FedftError):
+    """Flower's simulation runtime died (Ray did not start or crashed): the run cannot go on."""
+
+
 class Interrupted(Exception):
     """The user stopped a run (Ctrl-C): the run folder keeps its last completed round."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from fedft.config import Scenario
 from fedft.console import mark_simulation_workers, plain_flower_logs, quiet_libraries
-from fedft.errors import Interrupted
+from fedft.errors import Interrupted, SimulationBackendError
 from fedft.strategies import MODULE_WEIGHT_FILES
 
 if TYPE_CHECKING:
@@ -126,8 +126,9 @@ def simulate(
         run_dir,
     )
     stop, server_done = threading.Event(), threading.Event()
+    held: list[logging.LogRecord] = []
     try:
-        with _stop_on_ctrl_c(stop):
+        with _stop_on_ctrl_c(stop), _hold_runtime_errors(held, verbose):
             run_simulation(
                 server_app=make_server_app(scenario, run_dir, stop, server_done),
                 client_app=client_app,
@@ -142,10 +143,72 @@ def simulate(
         _shutdown_ray()
         server_done.wait(STOP_WAIT_S)
         raise Interrupted from None
+    except Exception as err:
+        # Without Flower's runtime no node replies: the server thread would wait out
+        # federation.round_timeout_s. It stops at its wait for replies, as after Ctrl-C.
+        stop.set()
+        _shutdown_ray()
+        server_done.wait(STOP_WAIT_S)
+        cause = backend_failure(err)
+        if cause is None:
+            for record in held:  # not the runtime: show what Flower said
+                logging.getLogger("flwr").handle(record)
+            raise
+        raise SimulationBackendError(
+            f"the simulation backend (Ray) failed, no client can run: {cause}"
+        ) from None
     weights = any((run_dir / name).is_file() for name in MODULE_WEIGHT_FILES)
     if not ((run_dir / "adapter").is_dir() or weights):
         raise RuntimeError(f"the simulation ended without writing its output into {run_dir}")
     return run_dir
+
+
+RUNTIME_CRASHED = "Simulation Runtime crashed."  # flwr.server.superlink.fleet.vce.vce_api
+
+
+def backend_failure(err: BaseException) -> str | None:
+    """What broke, if ``err`` (from ``run_simulation``) says Flower's simulation runtime died.
+
+    Flower raises ``RuntimeError("Simulation Runtime crashed.")`` when its backend (Ray) fails
+    to start or to build its actors, wrapped in another ``RuntimeError``. Returns the innermost
+    cause as one line (``"ValueError: ..."``), or None for any other error.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    if not any(str(e) == RUNTIME_CRASHED for e in chain):
+        return None
+    root = chain[-1]
+    text = " ".join(str(root).split())  # one line
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(root).__name__}: {text}" if text else type(root).__name__
+
+
+@contextlib.contextmanager
+def _hold_runtime_errors(held: list[logging.LogRecord], verbose: bool) -> Iterator[None]:
+    """Hold back what Flower logs when its runtime dies (its error lines and tracebacks).
+
+    Flower logs them from ``run_api`` and ``_main_loop`` before it raises; :func:`simulate` then
+    prints one line instead, or hands the records back to Flower's logger if the error is another.
+    Verbose runs show them as they come.
+    """
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and record.funcName in ("run_api", "_main_loop"):
+            held.append(record)
+            return False
+        return True
+
+    flwr_log = logging.getLogger("flwr")
+    if not verbose:
+        flwr_log.addFilter(hold)
+    try:
+        yield
+    finally:
+        flwr_log.removeFilter(hold)
 
 
 def _shutdown_ray() -> None:

@@ -78,3 +78,79 @@ def test_ray_gets_no_more_cpus_than_the_clients_use(monkeypatch):
     assert one["init_args"]["num_cpus"] / one["client_resources"]["num_cpus"] == 1
     five = resources(monkeypatch, cpus=2, overrides=["federation.num_clients=5"])
     assert five["init_args"]["num_cpus"] == 2
+
+
+def crashed_runtime(cause):
+    """What flwr.simulation.run_simulation raises when its backend (Ray) cannot start."""
+    try:
+        try:
+            try:
+                raise cause
+            except Exception as ex:
+                raise RuntimeError("Simulation Runtime crashed.") from ex
+        except Exception as ex:
+            raise RuntimeError("An error was encountered. Ending simulation.") from ex
+    except RuntimeError as err:
+        return err
+
+
+def test_a_dead_simulation_backend_is_named_and_its_cause_is_one_line():
+    err = crashed_runtime(
+        TimeoutError("Timed out waiting for file\n /tmp/ray/x/metrics_agent_port")
+    )
+    assert simulate_mod.backend_failure(err) == (
+        "TimeoutError: Timed out waiting for file /tmp/ray/x/metrics_agent_port"
+    )
+    assert simulate_mod.backend_failure(RuntimeError("An error was encountered.")) is None
+    assert simulate_mod.backend_failure(ValueError("a bug in the server")) is None
+
+
+def test_simulate_stops_the_waiting_server_when_the_backend_dies(monkeypatch, tmp_path):
+    import logging
+    import threading
+
+    import flwr.simulation
+
+    from fedft.errors import SimulationBackendError
+
+    seen = {}
+
+    def make_server_app(scenario, run_dir, stop, done):
+        # the server thread as run_federation has it: waiting for replies until `stop` is set
+        def serve():
+            seen["stopped"] = stop.wait(60)
+            done.set()
+
+        seen["thread"] = threading.Thread(target=serve)
+        return "server app"
+
+    def dead_backend(**kwargs):
+        seen["thread"].start()
+        logging.getLogger("flwr").error("An exception occured!! %s", "GCS overloaded")
+        raise crashed_runtime(ConnectionError("GCS overloaded"))
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", dead_backend)
+    with pytest.raises(SimulationBackendError, match="Ray.*ConnectionError: GCS overloaded"):
+        simulate_mod.simulate(load_scenario(None), tmp_path, make_server_app, "client app")
+    seen["thread"].join(5)
+    assert seen["stopped"] is True and not seen["thread"].is_alive()
+
+
+def test_another_error_from_flower_keeps_its_type_and_the_server_stops(monkeypatch, tmp_path):
+    import threading
+
+    import flwr.simulation
+
+    stop_seen = threading.Event()
+
+    def make_server_app(scenario, run_dir, stop, done):
+        threading.Thread(target=lambda: (stop.wait(60) and stop_seen.set(), done.set())).start()
+        return "server app"
+
+    def broken(**kwargs):
+        raise ValueError("not the runtime")
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", broken)
+    with pytest.raises(ValueError, match="not the runtime"):
+        simulate_mod.simulate(load_scenario(None), tmp_path, make_server_app, "client app")
+    assert stop_seen.wait(5)
