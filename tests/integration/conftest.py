@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import pytest
 
+from tests.integration.sims import FEDIT_RUN, command
+
 ROOT = Path(__file__).resolve().parents[2]
 # partitions 0, 1: ONNX Runtime devices; 2: an nf4 base; 3: an int8 base; 4: float32 torch
 MIXED_GROUPS = (
@@ -40,3 +42,17 @@ def mixed_run(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return MixedRun(out, cache, proc.stderr, rows)
+
+
+@pytest.fixture(scope="session")
+def fedit_run(tmp_path_factory):
+    """The run folder of ``tests.integration.sims.FEDIT_RUN`` (test_simulation and
+    test_generation_metrics); ``console.txt`` beside it holds what the command printed.
+    """
+    out = tmp_path_factory.mktemp("fedit") / "run"
+    proc = subprocess.run(
+        command(FEDIT_RUN, "--out", str(out)), capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (out.parent / "console.txt").write_text(proc.stdout + proc.stderr)
+    return out

@@ -1,37 +1,15 @@
 """A real simulation of the built-in instruction task records greedy-answer metrics per round."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gen") / "run"
-    overrides = [
-        "federation.num_rounds=3",
-        "train.local_steps=5",
-        "data.num_examples=300",
-        "data.global_eval_size=24",
-        "eval.max_generate_examples=10",
-        "eval.client_generate_examples=4",
-        "eval.max_new_tokens=4",
-        "eval.generate_every=2",  # rounds 0, 2 and the last (3)
-        "eval.tensorboard=true",
-    ]
-    args = [sys.executable, "-m", "fedft.cli", "simulate", str(ROOT / "simulations/default.toml")]
-    for o in overrides:
-        args += ["--set", o]
-    proc = subprocess.run(args + ["--out", str(out)], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    (out.parent / "console.txt").write_text(proc.stdout + proc.stderr)
-    return out
+def run_dir(fedit_run):  # tests/integration/sims.py FEDIT_RUN: 3 rounds, eval.generate_every = 2
+    return fedit_run
 
 
 def rows(run_dir, kind):

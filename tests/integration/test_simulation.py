@@ -1,14 +1,12 @@
 """A real Flower simulation (Ray backend) of the tiny model, end to end through the CLI.
 
-One run serves every test here: 3 clients on a Dirichlet split, 2 rounds, an adapter saved every
-round (``run.save_every = 1``) and the cosine schedule (issue 12, item 11).
+One run serves every test here (and test_generation_metrics): the session's ``fedit_run``
+(tests/integration/sims.py ``FEDIT_RUN``): 3 clients on a Dirichlet split, 3 rounds, an adapter
+saved every round (``run.save_every = 1``) and the cosine schedule (issue 12, item 11).
 """
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,40 +19,24 @@ from fedft.data import encode_examples
 from fedft.schedule import round_lr
 from fedft.task import federated_data
 from fedft.train import evaluate
+from tests.integration.sims import FEDIT_CLIENTS, FEDIT_ROUNDS, FEDIT_STEPS
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
+N = FEDIT_ROUNDS
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sim") / "run"
-    overrides = [
-        "federation.num_rounds=2",
-        "federation.num_clients=3",
-        "partition.method='dirichlet'",
-        "partition.alpha=0.3",
-        "train.local_steps=15",
-        "run.save_every=1",
-        "train.lr_schedule='cosine'",
-        "train.lr_min=1e-4",
-    ]
-    args = [sys.executable, "-m", "fedft.cli", "simulate", str(ROOT / "simulations/default.toml")]
-    for o in overrides:
-        args += ["--set", o]
-    proc = subprocess.run(args + ["--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "round 2/2" in proc.stderr  # the progress display
-    (out.parent / "console.txt").write_text(proc.stdout + proc.stderr)
-    return out
+def run_dir(fedit_run):
+    return fedit_run
 
 
 def test_console_holds_fedft_lines_only(run_dir):
     """Redirected output: fedft's lines, no library warnings, notices, bars or colour codes."""
     lines = (run_dir.parent / "console.txt").read_text().splitlines()
-    fedft_line = re.compile(r"^(simulating default: |round \d+/2 \| |run folder: )")
+    fedft_line = re.compile(rf"^(simulating default: |round \d+/{N} \| |run folder: )")
     assert [line for line in lines if not fedft_line.match(line)] == []
-    assert len(lines) == 5  # simulating, round 0, 1, 2, run folder
+    assert len(lines) == N + 3  # simulating, round 0 .. N, run folder
+    assert f"round {N}/{N}" in lines[-2]  # the progress display
 
 
 def rows(run_dir, kind):
@@ -64,16 +46,16 @@ def rows(run_dir, kind):
 
 def test_global_eval_loss_fell(run_dir):
     rounds = rows(run_dir, "round")
-    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["round"] for r in rounds] == list(range(N + 1))
     assert rounds[-1]["eval_loss"] < rounds[0]["eval_loss"] - 0.1
-    assert rounds[-1]["clients"] == 3
+    assert rounds[-1]["clients"] == FEDIT_CLIENTS
 
 
 def test_per_client_records(run_dir):
     clients = rows(run_dir, "client")
-    assert len(clients) == 6  # 3 clients x 2 rounds
+    assert len(clients) == FEDIT_CLIENTS * N
     nodes = {c["node"] for c in clients}
-    assert len(nodes) == 3
+    assert len(nodes) == FEDIT_CLIENTS
     for c in clients:
         assert c["bytes_up"] > 0
         config_bytes = c["bytes_down"] - c["bytes_up"]  # the factors down and up: same shapes
@@ -81,13 +63,13 @@ def test_per_client_records(run_dir):
             assert config_bytes > 1000  # the scenario's text
         else:
             assert 0 < config_bytes < 100  # its digest and the round number: the node kept it
-        assert c["examples"] > 0 and c["steps"] == 15 and c["train_loss"] > 0
+        assert c["examples"] > 0 and c["steps"] == FEDIT_STEPS and c["train_loss"] > 0
 
 
 def test_run_folder_artifacts(run_dir):
     assert (run_dir / "metrics.png").stat().st_size > 1000
     resolved = load_scenario(run_dir / "config.toml")
-    assert resolved.federation.num_rounds == 2
+    assert resolved.federation.num_rounds == N
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
 
 
@@ -124,7 +106,7 @@ def test_adapter_tokenizer_prompts_as_training_did(run_dir):
         assert saved(text)["input_ids"] == encode_prompt(
             example.prompt, trained_with, scenario.data.template
         )
-    assert "round 2 of 2" in (run_dir / "adapter" / "README.md").read_text()
+    assert f"round {N} of {N}" in (run_dir / "adapter" / "README.md").read_text()
 
 
 # ---- run.save_every = 1 and the cosine schedule ----------------------------------------------
@@ -136,13 +118,14 @@ def load(run_dir, folder):
 
 
 def test_an_adapter_for_every_round_loads(run_dir):
-    first, second = load(run_dir, "adapters/round-1"), load(run_dir, "adapters/round-2")
+    saved = [load(run_dir, f"adapters/round-{r}") for r in range(1, N + 1)]
     final = load(run_dir, "adapter")
-    assert all(torch.equal(second[k], final[k]) for k in final)
-    assert not all(torch.equal(first[k], second[k]) for k in final)
-    for r in (1, 2):
+    assert all(torch.equal(saved[-1][k], final[k]) for k in final)
+    for earlier, later in zip(saved, saved[1:], strict=False):
+        assert not all(torch.equal(earlier[k], later[k]) for k in final)
+    for r in range(1, N + 1):
         folder = run_dir / "adapters" / f"round-{r}"
-        assert f"round {r} of 2" in (folder / "README.md").read_text()
+        assert f"round {r} of {N}" in (folder / "README.md").read_text()
         assert (folder / "tokenizer.json").is_file()
         config = json.loads((folder / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == "base_model"
@@ -158,7 +141,7 @@ def test_round_adapter_loads_with_auto_peft_from_the_run_folder(run_dir, monkeyp
 def test_clients_trained_with_the_cosine_rate_of_each_round(run_dir):
     scenario = load_scenario(run_dir / "config.toml")
     clients = rows(run_dir, "client")
-    assert len(clients) == 6
+    assert len(clients) == FEDIT_CLIENTS * N
     for row in clients:
-        assert row["lr"] == pytest.approx(round_lr(scenario.train, row["round"], 2), rel=1e-12)
+        assert row["lr"] == pytest.approx(round_lr(scenario.train, row["round"], N), rel=1e-12)
     assert clients[-1]["lr"] == pytest.approx(1e-4)  # the last round trains at lr_min
