@@ -24,7 +24,14 @@ from clients.replies import FactorReply
 from clients.runtimes import runtime_for, torch_lora
 from fedft.config import Scenario
 from fedft.console import quiet_flower_app
-from fedft.flower_records import MERGED_KEY, config_int, config_to_scenario, record_to_factors
+from fedft.flower_records import (
+    MERGED_KEY,
+    ZO_SCALE_KEY,
+    config_float,
+    config_int,
+    config_to_scenario,
+    record_to_factors,
+)
 from fedft.merged_base import merge_delta_
 
 app = ClientApp()
@@ -32,7 +39,11 @@ app = ClientApp()
 
 def _setup(msg: Message, context: Context) -> tuple[Scenario, int]:
     quiet_flower_app(context.run_config, logging.ERROR)  # unless `-c verbose=true`
-    scenario = config_to_scenario(msg.content.config_records["config"], context.state)
+    config = msg.content.config_records["config"]
+    scenario = config_to_scenario(config, context.state)
+    if ZO_SCALE_KEY in config:  # zo.grad_scale_rule = "adaptive": this round's int8 scale
+        zo = scenario.zo.for_round(config_float(config, ZO_SCALE_KEY))
+        scenario = dataclasses.replace(scenario, zo=zo)
     torch.set_num_threads(scenario.simulation.threads_per_client)
     partition_id = int(context.node_config["partition-id"])
     data_path = str(context.node_config.get("data-path", ""))  # `fedft client --data FILE`

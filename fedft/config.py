@@ -24,6 +24,7 @@ from fedft.optim_config import FedProxSection, ServerOptSection
 from fedft.privacy.config import PrivacySection
 from fedft.schema import build, check, to_dict
 from fedft.strategies import STRATEGIES, StrategySpec
+from fedft.zo.config import ZoSection
 
 
 @dataclass(frozen=True)
@@ -234,40 +235,6 @@ class LoraFairConfig:
         for key, good in ok.items():
             value = getattr(self, key)
             check(good, f"lora_fair.{key}", f"must be finite and {bounds[key]}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class ZoSection:
-    """Zeroth-order steps with shared seeds (MeZO / FedKSeed), for ``zo`` clients and strategy.
-
-    Each local step perturbs the LoRA factors along ``z`` from a seed of the round's pool of
-    ``pool_size`` seeds and sends one byte: ``g`` quantized at the fixed scale ``grad_clip / 127``
-    (``grad_encoding = "int8"``; ``g`` beyond ``grad_clip`` is clipped), or 4 (``"fp32"``).
-    """
-
-    pool_size: int = 1024
-    local_steps: int = 50
-    eps: float = 1e-3
-    # Measured on the built-in tiny model: |g| ~ 5-20 at eps 1e-3, so a clip of 32 keeps one int8
-    # step at 0.25; lr 1e-3 lowers the loss steadily, 3e-3 diverges.
-    lr: float = 1e-3
-    grad_encoding: Literal["int8", "fp32"] = "int8"
-    grad_clip: float = 32.0
-    # Empty: perturb the LoRA factors. Else all weights of the modules with these names (e.g.
-    # ["lm_head"]); the run then outputs those weights (zo_weights.safetensors), not an adapter.
-    trainable_modules: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        check(0 < self.pool_size <= 2**32, "zo.pool_size", "must be in [1, 2**32]")
-        check(self.local_steps > 0, "zo.local_steps", "must be > 0")
-        check(self.eps > 0, "zo.eps", f"must be > 0, got {self.eps}")
-        check(self.lr > 0, "zo.lr", f"must be > 0, got {self.lr}")
-        check(self.grad_clip > 0, "zo.grad_clip", f"must be > 0, got {self.grad_clip}")
-
-    @property
-    def grad_scale(self) -> float | None:
-        """The fixed int8 scale every client applies (None for fp32)."""
-        return self.grad_clip / 127 if self.grad_encoding == "int8" else None
 
 
 @dataclass(frozen=True)

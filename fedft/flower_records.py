@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 
 import torch
@@ -25,6 +26,7 @@ ZO_REPLY_KEY = "zo"  # ConfigRecord of a zo client's reply: {"records": <fedft.v
 UPDATE_KEY = "update"  # ConfigRecord of a torch reply: {"update": <fedft.v1.LoraUpdate bytes>}
 ZO_HISTORY_KEY = "zo-history"  # train config entry: <fedft.v1.ZoHistory bytes> to catch up
 ZO_CHECKPOINT_ROUND_KEY = "zo-checkpoint-round"  # train config entry when arrays are sent instead
+ZO_SCALE_KEY = "zo-int8-scale"  # train config entry: the round's int8 scale of g (adaptive)
 FERRET_REPLY_KEY = "ferret"  # ConfigRecord of a Ferret reply: {"coords": <fedft.v1.FerretReply>}
 FERRET_HISTORY_KEY = "ferret-history"  # train config entry: <fedft.v1.FerretHistory bytes>
 MERGED_KEY = "merged"  # ArrayRecord of a flora train message: the factors merged into the base
@@ -76,6 +78,14 @@ def config_int(config: ConfigRecord, key: str) -> int:
     if not isinstance(value, int | float):  # (bool is an int)
         raise ReplyError(f"config entry {key!r} must be a number, got {type(value).__name__}")
     return int(value)
+
+
+def config_float(config: ConfigRecord, key: str) -> float:
+    """``float(config[key])`` for a finite number entry; :class:`ReplyError` naming the key else."""
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ReplyError(f"config entry {key!r} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def record_nbytes(record: ArrayRecord) -> int:

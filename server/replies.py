@@ -213,7 +213,7 @@ class ReplyCodec:
         reply = decode_zo_reply(
             payload,
             pool_size=self.zo.pool_size,
-            max_steps=self.zo.local_steps,
+            max_steps=self.zo.max_records,
             pool_id=seed_pool_id(self.run_seed, self.server_round, self.zo.pool_size),
             round=self.server_round,
             num_clients=self.num_clients,
@@ -222,6 +222,11 @@ class ReplyCodec:
             grad_scale=self.zo.grad_scale,
             grad_clip=self.zo.grad_clip,
         )
+        if len(reply.records) % self.zo.perturbations:
+            raise ReplyError(
+                f"zo reply: {len(reply.records)} records are not whole steps of "
+                f"{self.zo.perturbations} directions (zo.perturbations)"
+            )
         other = self.zo_clients.setdefault(reply.client, node)
         if other != node:  # valid, but the two replies stepped along the same seeds
             log.warning(

@@ -70,10 +70,11 @@ def _train_round_zo(
         factors,
         batches,
         plan.pool,
-        plan.indices,
+        plan.step_indices(),
         eps=zo.eps,
         lr=zo.lr,
         grad_scale=zo.grad_scale,
+        rounding=zo.grad_rounding,
     )
     train_s = time.perf_counter() - started
     end_factors = {name: torch.from_numpy(a) for name, a in factors.items()}

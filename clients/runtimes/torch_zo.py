@@ -24,7 +24,7 @@ from fedft.config import Scenario
 from fedft.devices import select_device
 from fedft.wire.order import zo_order
 from fedft.zo.seeds import ZoRecord
-from fedft.zo.step import spsa_step_
+from fedft.zo.step import spsa_multi_step_
 from fedft.zo.trainable import initial_state, set_trainable_, trainable_params, trainable_state
 
 
@@ -70,10 +70,11 @@ def _train_round_zo(
     batches = train_set.batches(
         scenario.train.batch_size, seed=plan.batch_seed, steps=zo.local_steps
     )
-    records, losses = [], []
+    records: list[ZoRecord] = []
+    losses: list[float] = []
     privatize = zo_grad(scenario, zo.grad_scale)  # [privacy]: clip (and noise) each g
     started = time.perf_counter()
-    for index, batch in zip(plan.indices, batches, strict=True):
+    for indices, batch in zip(plan.step_indices(), batches, strict=True):
         batch = {k: v.to(device) for k, v in batch.items()}
 
         def loss_fn(batch: dict = batch) -> float:
@@ -81,16 +82,18 @@ def _train_round_zo(
             losses.append(value)
             return value
 
-        grad = spsa_step_(
+        seeds = [plan.pool[i] for i in indices]
+        grads = spsa_multi_step_(
             params,
             loss_fn,
-            plan.pool[index],
+            seeds,
             zo.eps,
             zo.lr,
             grad_scale=zo.grad_scale,
+            rounding=zo.grad_rounding,
             privatize=privatize,
         )
-        records.append(ZoRecord(index, grad))
+        records.extend(ZoRecord(i, g) for i, g in zip(indices, grads, strict=True))
     train_s = time.perf_counter() - started
     end = trainable_state(model, modules)
     if modules:  # the base is shared by every client of this process: give it back untouched

@@ -32,6 +32,11 @@ class ZoRound:
     indices: list[int]
     batch_seed: int
 
+    def step_indices(self) -> list[list[int]]:
+        """Each local step's seed indices: ``zo.perturbations`` consecutive derived ones."""
+        n = self.scenario.zo.perturbations
+        return [self.indices[t : t + n] for t in range(0, len(self.indices), n)]
+
 
 def plan_round(scenario: Scenario, partition_id: int, client: int, server_round: int) -> ZoRound:
     """Derive the round's seeds (no index travels on the wire: ``seed_choice = "derived"``).
@@ -48,7 +53,7 @@ def plan_round(scenario: Scenario, partition_id: int, client: int, server_round:
         server_round=server_round,
         pool=seed_pool(seed, server_round, zo.pool_size),
         pool_id=pool_id,
-        indices=derived_seed_indices(pool_id, server_round, client, zo.local_steps, zo.pool_size),
+        indices=derived_seed_indices(pool_id, server_round, client, zo.max_records, zo.pool_size),
         batch_seed=batch_seed(scenario, server_round, partition_id),
     )
 

@@ -21,7 +21,7 @@ from fedft.edge.errors import EdgeError
 from fedft.train import EvalResult
 from fedft.wire.order import in_zo_order
 from fedft.zo.seeds import ZoError, ZoRecord
-from fedft.zo.step import spsa_step_numpy_
+from fedft.zo.step import spsa_multi_step_numpy_
 
 Batch = Mapping[str, np.ndarray]
 DATA_INPUTS = ("input_ids", "attention_mask", "labels")
@@ -80,16 +80,19 @@ def ort_spsa_steps(
     factors: MutableMapping[str, np.ndarray],
     batches: Iterable[Batch],
     pool: Sequence[int],
-    indices: Sequence[int],
+    indices: Sequence[int | Sequence[int]],
     *,
     eps: float,
     lr: float,
     grad_scale: float | None = None,
+    rounding: str = "nearest",
 ) -> tuple[list[ZoRecord], list[float]]:
     """Take one SPSA step per ``(index, batch)`` on the factors, in place, with ONNX Runtime.
 
     The perturbed layout is the zo order (:func:`fedft.wire.order.zo_order`); step ``t``
-    uses seed ``pool[indices[t]]`` and batch ``t``, as the torch zo client does.
+    uses seed ``pool[indices[t]]`` and batch ``t``, as the torch zo client does; when
+    ``indices[t]`` is a list of indices, step ``t`` averages those directions
+    (:func:`fedft.zo.step.spsa_multi_step`).
 
     Parameters
     ----------
@@ -100,11 +103,13 @@ def ort_spsa_steps(
     batches : Iterable[Mapping[str, np.ndarray]]
         ``input_ids``, ``attention_mask``, ``labels`` (int64, (batch, sequence)), one per step.
     pool, indices : Sequence[int]
-        The round's seed pool and each step's index into it.
+        The round's seed pool and each step's index (or list of indices) into it.
     eps, lr : float
         Perturbation size and learning rate.
     grad_scale : float, optional
         Fixed int8 scale of ``g`` (``zo.grad_scale``); None sends float32.
+    rounding : {"nearest", "stochastic"}
+        How ``g`` rounds to its code (``zo.grad_rounding``).
 
     Returns
     -------
@@ -114,18 +119,24 @@ def ort_spsa_steps(
     for name in list(factors):
         factors[name] = np.ascontiguousarray(factors[name], dtype=np.float32)
     arrays = in_zo_order(factors)
-    records, losses = [], []
-    for index, batch in zip(indices, batches, strict=True):
-        if not 0 <= index < len(pool):
-            raise ZoError(f"seed index {index} is outside the pool of {len(pool)} seeds")
+    records: list[ZoRecord] = []
+    losses: list[float] = []
+    for step, batch in zip(indices, batches, strict=True):
+        step_indices = [int(step)] if isinstance(step, int | np.integer) else [int(i) for i in step]
+        for index in step_indices:
+            if not 0 <= index < len(pool):
+                raise ZoError(f"seed index {index} is outside the pool of {len(pool)} seeds")
 
         def loss_fn(batch: Batch = batch) -> float:
             value = model.loss(factors, batch)
             losses.append(value)
             return value
 
-        grad = spsa_step_numpy_(arrays, loss_fn, pool[index], eps, lr, grad_scale=grad_scale)
-        records.append(ZoRecord(int(index), grad))
+        seeds = [pool[i] for i in step_indices]
+        grads = spsa_multi_step_numpy_(
+            arrays, loss_fn, seeds, eps, lr, grad_scale=grad_scale, rounding=rounding
+        )
+        records.extend(ZoRecord(i, g) for i, g in zip(step_indices, grads, strict=True))
     return records, losses
 
 

@@ -27,6 +27,8 @@ module             what
 ``replay``         aggregation per seed, replay of records and histories, the server's
                    rebuild of a zo client in a mixed round, replay-or-checkpoint catch-up
 ``trainable``      what a zo run perturbs: the LoRA factors, or chosen base modules
+``config``         the ``[zo]`` section (:class:`ZoSection`), checked at the edge
+``scale``          the per-round int8 scale of ``g`` the server announces (adaptive rule)
 =================  ====================================================================
 
 The codecs of the zo messages (``fedft.v1.ZoReply``, ``fedft.v1.ZoHistory``) are in

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from fedft.algorithms.fedavg import normalized_weights
-from fedft.config import ZoSection
 from fedft.errors import ZoError
 from fedft.wire.order import in_zo_order
+from fedft.zo.config import ZoSection
 from fedft.zo.rng import float32_scale, perturb_
 from fedft.zo.seeds import ZoRecord, index_width, seed_pool
-from fedft.zo.step import check_eps, restore_and_step
+from fedft.zo.step import check_eps, restore_and_step, update_coefficient
 
 
 @dataclass(frozen=True)
@@ -62,27 +62,47 @@ def replay_records_(
     records: Sequence[ZoRecord],
     lr: float,
     eps: float,
+    perturbations: int = 1,
 ) -> None:
-    """Apply one client's records in its local order, exactly as :func:`spsa_step_` did.
+    """Apply one client's records in its local order, exactly as :func:`spsa_multi_step_` did.
 
-    Three passes per record (``+eps z``, ``-2 eps z``, ``+(eps - lr g) z``): from the round's
-    starting tensors this gives the client's tensors bit for bit, provided ``g`` is the value the
-    client applied (float32 on the wire, or int8 with the client's fixed ``grad_scale``).
+    One direction a step: three passes per record (``+eps z``, ``-2 eps z``,
+    ``+(eps - lr g) z``). ``n = perturbations`` directions a step: per step, ``+eps z_j``,
+    ``-2 eps z_j``, ``+eps z_j`` for each of its ``n`` records, then
+    ``-update_coefficient(lr, g_j, n) z_j`` for each. From the round's starting tensors this gives
+    the client's tensors bit for bit, provided ``g`` is the value the client applied (float32 on
+    the wire, or int8 at the round's fixed ``grad_scale``).
     """
     eps32 = check_eps(eps)
-    for record in records:
-        seed = _pool_seed(pool, record.seed_index)
-        perturb_(params, seed, eps32)
-        perturb_(params, seed, -2 * eps32)
-        perturb_(params, seed, restore_and_step(eps32, lr, record.grad))
+    if perturbations == 1:
+        for record in records:
+            seed = _pool_seed(pool, record.seed_index)
+            perturb_(params, seed, eps32)
+            perturb_(params, seed, -2 * eps32)
+            perturb_(params, seed, restore_and_step(eps32, lr, record.grad))
+        return
+    if len(records) % perturbations:
+        raise ZoError(f"{len(records)} records are not steps of {perturbations} directions")
+    for start in range(0, len(records), perturbations):
+        step = records[start : start + perturbations]
+        seeds = [_pool_seed(pool, record.seed_index) for record in step]
+        for seed in seeds:
+            perturb_(params, seed, eps32)
+            perturb_(params, seed, -2 * eps32)
+            perturb_(params, seed, eps32)
+        for seed, record in zip(seeds, step, strict=True):
+            perturb_(params, seed, -update_coefficient(lr, record.grad, perturbations))
 
 
 def aggregate_records(
-    replies: Sequence[Sequence[ZoRecord]], weights: Sequence[float]
+    replies: Sequence[Sequence[ZoRecord]], weights: Sequence[float], perturbations: int = 1
 ) -> dict[int, float]:
     r"""Sum the clients' ``g`` per seed index, weighting client ``k`` by ``p_k``.
 
-    .. math:: a_s = \sum_k p_k \sum_{t : s_{k,t} = s} g_{k,t}, \qquad p_k = n_k / \sum_j n_j
+    .. math:: a_s = \frac{1}{n} \sum_k p_k \sum_{t : s_{k,t} = s} g_{k,t}, \qquad
+        p_k = n_k / \sum_j n_j
+
+    with ``n = perturbations`` directions a step (a client steps ``lr / n`` along each).
 
     Weights are per client (example counts, as FedKSeed weights by data size), not per step: a
     client's update is ``-lr sum_t g_t z_t``, so replaying ``a`` gives FedAvg of the client updates
@@ -101,7 +121,8 @@ def aggregate_records(
         for t, record in enumerate(records):
             if not math.isfinite(record.grad) or record.seed_index < 0:
                 raise ZoError(f"reply {k}, record {t}: invalid {record}")
-            totals[record.seed_index] = totals.get(record.seed_index, 0.0) + p_k * record.grad
+            share = p_k * record.grad if perturbations == 1 else p_k * record.grad / perturbations
+            totals[record.seed_index] = totals.get(record.seed_index, 0.0) + share
     rounded = {s: float(np.float32(totals[s])) for s in sorted(totals)}
     return {s: a for s, a in rounded.items() if a != 0.0}
 
@@ -137,7 +158,7 @@ def rebuild_factors(
     """
     out = {name: tensor.detach().clone() for name, tensor in start.items()}
     pool = seed_pool(run_seed, server_round, zo.pool_size)
-    replay_records_(in_zo_order(out), pool, records, zo.lr, zo.eps)
+    replay_records_(in_zo_order(out), pool, records, zo.lr, zo.eps, zo.perturbations)
     return out
 
 

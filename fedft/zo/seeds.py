@@ -25,6 +25,7 @@ __all__ = [
     "index_width",
     "seed_pool",
     "seed_pool_id",
+    "unit_draw",
 ]
 
 
@@ -99,6 +100,11 @@ def derived_seed_indices(
     state = _absorb(_absorb(pool_id, _STEP_DOMAIN, "pool_id"), round, "round")
     state = _absorb(state, client, "client")
     return [_absorb(state, t, "step") % pool_size for t in range(num_steps)]
+
+
+def unit_draw(seed: int, domain: int, value: int) -> float:
+    """``(absorb(absorb(seed, domain), value) >> 11) / 2**53``: a draw in ``[0, 1)``, exact."""
+    return (_absorb(_absorb(seed, domain, "seed"), value, "value") >> 11) / 2.0**53
 
 
 def index_width(pool_size: int) -> int:

@@ -22,10 +22,33 @@ import numpy as np
 import torch
 
 from fedft.errors import ZoError
-from fedft.wire.int8 import dequantize_grads, quantize_grads
+from fedft.wire.int8 import INT8_LEVELS, dequantize_grads, quantize_grads
 from fedft.zo.rng import float32_scale, perturb_, perturb_numpy_
+from fedft.zo.seeds import unit_draw
 
+_ROUNDING_DOMAIN = 3  # separates the stochastic rounding draws from pools and step indices
 Perturb = Callable[[int, float], None]  # perturb(seed, coefficient): w += coefficient * z(seed)
+
+
+def quantized_grad(grad: float, grad_scale: float | None, seed: int, rounding: str) -> float:
+    r"""``g`` as the int8 code the client sends at ``grad_scale`` (unchanged without a scale).
+
+    ``rounding = "nearest"``: ``c = rint(g / s)``. ``"stochastic"`` (unbiased, as QuZO rounds,
+    arXiv 2502.12346): ``c = floor(g / s + u)``, ``E[c s] = g`` for unclipped ``g``, with
+    ``u = (absorb(absorb(seed, 3), bits32(g)) >> 11) / 2^53`` in ``[0, 1)`` (splitmix64's
+    finalizer over the step's seed and ``g``'s float32 bits): integer arithmetic, so every
+    runtime draws the same ``u``; the server receives the code and never needs it.
+    """
+    if grad_scale is None:
+        return grad
+    if rounding == "stochastic":
+        scale = float(np.float32(grad_scale))
+        bits = int(np.asarray(grad, np.float32).view(np.uint32))
+        u = unit_draw(seed, _ROUNDING_DOMAIN, bits)
+        code = min(max(math.floor(grad / scale + u), -INT8_LEVELS), INT8_LEVELS)
+        return dequantize_grads(np.array([code], np.int8), scale)[0]
+    codes, _ = quantize_grads([grad], grad_scale)
+    return dequantize_grads(codes, grad_scale)[0]
 
 
 def restore_and_step(eps32: float, lr: float, grad: float) -> float:
@@ -50,6 +73,7 @@ def spsa_step(
     lr: float,
     *,
     grad_scale: float | None = None,
+    rounding: str = "nearest",
     privatize: Callable[[float], float] | None = None,
 ) -> float:
     r"""Take one SPSA step in place (MeZO), at inference memory; return the ``g`` it applied.
@@ -72,6 +96,8 @@ def spsa_step(
         Perturbation size and learning rate.
     grad_scale : float, optional
         Fixed int8 scale (e.g. ``clip / 127``); ``g`` is clipped to ``127 * grad_scale``.
+    rounding : {"nearest", "stochastic"}
+        How ``g`` rounds to its int8 code (:func:`quantized_grad`).
     privatize : Callable[[float], float], optional
         Applied to ``g`` before it is quantized and applied (``[privacy]``: clip, noise;
         :func:`clients.privacy.zo_grad`).
@@ -98,11 +124,76 @@ def spsa_step(
         raise ZoError(f"seed {seed}: L+ = {loss_plus}, L- = {loss_minus} give g = {grad}")
     if privatize is not None:
         grad = privatize(grad)
-    if grad_scale is not None:
-        codes, _ = quantize_grads([grad], grad_scale)
-        grad = dequantize_grads(codes, grad_scale)[0]
+    grad = quantized_grad(grad, grad_scale, seed, rounding)
     perturb(seed, restore_and_step(eps32, lr, grad))
     return grad
+
+
+def update_coefficient(lr: float, grad: float, perturbations: int) -> float:
+    """``float32(float32(lr) * float32(g) / n)``: a direction's step within an n-SPSA step."""
+    with np.errstate(over="ignore"):
+        step = np.float32(lr) * np.float32(grad) / np.float32(perturbations)
+    return float32_scale(float(step))
+
+
+def spsa_multi_step(
+    perturb: Perturb,
+    loss_fn: Callable[[], float],
+    seeds: Sequence[int],
+    eps: float,
+    lr: float,
+    *,
+    grad_scale: float | None = None,
+    rounding: str = "nearest",
+    privatize: Callable[[float], float] | None = None,
+) -> list[float]:
+    r"""One step along ``n = len(seeds)`` directions, their estimates averaged (n-SPSA, MeZO).
+
+    .. math:: w \leftarrow w - \frac{\eta}{n} \sum_{j=1}^{n} g_j z_j, \qquad
+        g_j = \frac{L(w + \epsilon z_j) - L(w - \epsilon z_j)}{2 \epsilon}
+
+    ``2 n`` forward passes (all on the step's batch, at the same ``w``) and ``n`` records. With
+    one seed it is :func:`spsa_step` (three passes, bit for bit); with more, each direction takes
+    ``+eps z``, ``L+``, ``-2 eps z``, ``L-``, ``+eps z`` (restore), then every direction its
+    ``-update_coefficient(lr, g_j, n) z_j``, in seed order: :func:`fedft.zo.replay.replay_records_`
+    repeats exactly these passes.
+
+    Returns
+    -------
+    list[float]
+        The applied ``g_j`` (float32 values; int8-quantized first with ``grad_scale``).
+    """
+    if len(seeds) == 1:
+        return [
+            spsa_step(
+                perturb,
+                loss_fn,
+                seeds[0],
+                eps,
+                lr,
+                grad_scale=grad_scale,
+                rounding=rounding,
+                privatize=privatize,
+            )
+        ]
+    eps32 = check_eps(eps)
+    grads = []
+    for seed in seeds:
+        perturb(seed, eps32)
+        loss_plus = float(loss_fn())
+        perturb(seed, -2 * eps32)
+        loss_minus = float(loss_fn())
+        perturb(seed, eps32)
+        with np.errstate(over="ignore"):
+            grad = float(np.float32((loss_plus - loss_minus) / (2 * eps32)))
+        if not math.isfinite(grad):
+            raise ZoError(f"seed {seed}: L+ = {loss_plus}, L- = {loss_minus} give g = {grad}")
+        if privatize is not None:
+            grad = privatize(grad)
+        grads.append(quantized_grad(grad, grad_scale, seed, rounding))
+    for seed, grad in zip(seeds, grads, strict=True):
+        perturb(seed, -update_coefficient(lr, grad, len(seeds)))
+    return grads
 
 
 def spsa_step_(
@@ -113,14 +204,73 @@ def spsa_step_(
     lr: float,
     *,
     grad_scale: float | None = None,
+    rounding: str = "nearest",
     privatize: Callable[[float], float] | None = None,
 ) -> float:
     """:func:`spsa_step` on torch tensors (in layout order), under ``torch.no_grad``."""
     with torch.no_grad():
         perturb = functools.partial(perturb_, params)
         return spsa_step(
-            perturb, loss_fn, seed, eps, lr, grad_scale=grad_scale, privatize=privatize
+            perturb,
+            loss_fn,
+            seed,
+            eps,
+            lr,
+            grad_scale=grad_scale,
+            rounding=rounding,
+            privatize=privatize,
         )
+
+
+def spsa_multi_step_(
+    params: Sequence[torch.Tensor],
+    loss_fn: Callable[[], float],
+    seeds: Sequence[int],
+    eps: float,
+    lr: float,
+    *,
+    grad_scale: float | None = None,
+    rounding: str = "nearest",
+    privatize: Callable[[float], float] | None = None,
+) -> list[float]:
+    """:func:`spsa_multi_step` on torch tensors (in layout order), under ``torch.no_grad``."""
+    with torch.no_grad():
+        perturb = functools.partial(perturb_, params)
+        return spsa_multi_step(
+            perturb,
+            loss_fn,
+            seeds,
+            eps,
+            lr,
+            grad_scale=grad_scale,
+            rounding=rounding,
+            privatize=privatize,
+        )
+
+
+def spsa_multi_step_numpy_(
+    arrays: Sequence[np.ndarray],
+    loss_fn: Callable[[], float],
+    seeds: Sequence[int],
+    eps: float,
+    lr: float,
+    *,
+    grad_scale: float | None = None,
+    rounding: str = "nearest",
+    privatize: Callable[[float], float] | None = None,
+) -> list[float]:
+    """:func:`spsa_multi_step` on float32 numpy arrays: from the same losses, torch's bits."""
+    perturb = functools.partial(perturb_numpy_, arrays)
+    return spsa_multi_step(
+        perturb,
+        loss_fn,
+        seeds,
+        eps,
+        lr,
+        grad_scale=grad_scale,
+        rounding=rounding,
+        privatize=privatize,
+    )
 
 
 def spsa_step_numpy_(
@@ -131,7 +281,18 @@ def spsa_step_numpy_(
     lr: float,
     *,
     grad_scale: float | None = None,
+    rounding: str = "nearest",
+    privatize: Callable[[float], float] | None = None,
 ) -> float:
     """:func:`spsa_step` on float32 numpy arrays: from the same arrays and losses, torch's bits."""
     perturb = functools.partial(perturb_numpy_, arrays)
-    return spsa_step(perturb, loss_fn, seed, eps, lr, grad_scale=grad_scale)
+    return spsa_step(
+        perturb,
+        loss_fn,
+        seed,
+        eps,
+        lr,
+        grad_scale=grad_scale,
+        rounding=rounding,
+        privatize=privatize,
+    )

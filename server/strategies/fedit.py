@@ -22,11 +22,13 @@ from fedft.algorithms.robust import coordinate_median, trimmed_mean
 from fedft.config import FerretSection, RobustSection, Scenario, ZoSection
 from fedft.flower_records import (
     FERRET_REPLY_KEY,
+    ZO_SCALE_KEY,
     factors_to_record,
     record_to_factors,
     without_scenario,
 )
 from fedft.optim_config import ServerOptSection
+from fedft.zo.scale import ScaleSchedule
 from server import screening
 from server.ferret_replies import decode_ferret
 from server.partitions import PartitionSampler
@@ -104,6 +106,7 @@ class FedIT(FedAvg):
         if privacy is not None and privacy.central:  # one reply must not decide another's fate
             self.robust = dataclasses.replace(self.robust, norm_outlier_factor=math.inf)
         self.zo = zo or ZoSection()
+        self.zo_scales = ScaleSchedule(self.zo)  # zo.grad_scale_rule = "adaptive": per round
         self.ferret = ferret or FerretSection()
         self.run_seed = run_seed
         self.replies = ReplyCodec(
@@ -122,13 +125,21 @@ class FedIT(FedAvg):
         return cls(**kwargs)
 
     def state(self) -> dict:
-        """JSON-able state beyond the global factors, for checkpoints (a server optimiser's)."""
-        return {} if self.server_opt is None else {"server_opt": self.server_opt.state()}
+        """JSON-able state beyond the global factors, for checkpoints.
+
+        A server optimiser's, and the zo clients' announced int8 scales under the adaptive rule.
+        """
+        state = {} if self.server_opt is None else {"server_opt": self.server_opt.state()}
+        if self.zo_scales.active:
+            state["zo_scale"] = self.zo_scales.state()
+        return state
 
     def load_state(self, state: dict) -> None:
         """Restore what :meth:`state` returned."""
         if self.server_opt is not None:
             self.server_opt.load_state(state.get("server_opt", ""))
+        if self.zo_scales.active:
+            self.zo_scales.load_state(state["zo_scale"])
 
     def configure_query(self, server_round: int, grid: Grid) -> list[Message]:
         """Ask the connected nodes whose partition is unknown for it (``fraction_train < 1``).
@@ -160,6 +171,10 @@ class FedIT(FedAvg):
         self.current_round = server_round
         self.global_factors = record_to_factors(arrays)
         config = ConfigRecord({**config, "server-round": server_round})
+        scale = self.zo_scales.announce(server_round)  # zo clients' int8 scale, fixed before
+        if scale is not None:
+            config[ZO_SCALE_KEY] = scale
+        self.replies.zo = self.zo_scales.round_zo(server_round)
         self.sent, self.bytes_down = [], {}
         nodes = sorted(grid.get_node_ids())
         if self.fraction_train < 1:
@@ -234,6 +249,7 @@ class FedIT(FedAvg):
                 metrics |= self.privacy.spend(server_round)
             if self.server_opt is not None:
                 self.server_opt.commit()
+            self.zo_scales.observe(server_round, [[r.grad for r in u.records] for u in kept])
         except Exception as err:  # a bug or an unforeseen reply must never end the run
             log.error(
                 "round %d: aggregation failed (%s: %s); the global state is unchanged",
@@ -246,6 +262,8 @@ class FedIT(FedAvg):
             for update in updates:
                 self.on_client(server_round, update, self.bytes_down.get(update.node_id, 0))
         metrics["aggregate_s"] = time.perf_counter() - started
+        if self.zo_scales.active:
+            metrics["zo.int8_scale"] = self.zo_scales.scales[server_round]
         return factors_to_record(factors), self.metric_record(metrics)
 
     def metric_record(self, metrics: dict[str, float]) -> MetricRecord:

@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -47,7 +48,8 @@ class ZoStrategy(RoundHistory[RoundAggregate], FedIT):
     def state(self) -> dict:
         """The aggregate history (base64 ``fedft.v1.ZoHistory``) and each node's synced round."""
         history = base64.b64encode(encode_history(self.history, self.run_seed)).decode()
-        return {"history": history, "synced": {str(k): v for k, v in self.synced.items()}}
+        synced = {str(k): v for k, v in self.synced.items()}
+        return {"history": history, "synced": synced, **super().state()}
 
     def load_state(self, state: dict) -> None:
         """Restore the history and synced rounds of a checkpoint."""
@@ -55,6 +57,7 @@ class ZoStrategy(RoundHistory[RoundAggregate], FedIT):
             base64.b64decode(state["history"]), self.run_seed, self.zo.pool_size
         )
         self.synced = {int(k): int(v) for k, v in state["synced"].items()}
+        super().load_state(state)  # the announced int8 scales (adaptive rule)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -94,9 +97,14 @@ class ZoStrategy(RoundHistory[RoundAggregate], FedIT):
         """
         if self.privacy is not None:  # (sum of clipped g + noise) / m, per seed
             aggregate = self.privacy.zo_means(server_round, updates, len(self.sent))
+            if self.zo.perturbations > 1:  # a client steps lr / n along each of n directions
+                n = self.zo.perturbations
+                aggregate = {s: float(np.float32(a / n)) for s, a in aggregate.items()}
         else:
             aggregate = aggregate_records(
-                [u.records for u in updates], [u.num_examples for u in updates]
+                [u.records for u in updates],
+                [u.num_examples for u in updates],
+                self.zo.perturbations,
             )
         bad = [s for s, a in aggregate.items() if not math.isfinite(a)]
         if bad:

@@ -84,3 +84,50 @@ def test_a_zo_simulation_repeats_exactly_with_the_same_seed(tmp_path):
     assert by_partition[0] == by_partition[1] and len(by_partition[0]) == 6
     adapters = [(tmp_path / f"zo{k}" / "adapter" / "adapter_model.safetensors") for k in range(2)]
     assert adapters[0].read_bytes() == adapters[1].read_bytes()
+
+
+ADAPTIVE = [
+    "zo.grad_scale_rule='adaptive'",
+    "zo.perturbations=2",
+    "zo.local_steps=10",
+    "zo.grad_rounding='stochastic'",
+]
+
+
+def test_adaptive_scale_and_two_directions_a_step_stay_exact_with_catch_up_and_ort(tmp_path):
+    # Round 1 calibrates (float32 g), rounds 2-3 send int8 at the scale the server announced,
+    # rounded stochastically; two directions a step (2 x 2 forward passes, 2 bytes); partition 0
+    # an ONNX Runtime device.
+    rounds, clients = simulate(
+        tmp_path / "zo",
+        "federation.strategy='zo'",
+        "client_groups=[{partitions=[0], backend='ort'}]",
+        "federation.num_rounds=3",
+        "federation.fraction_train=0.67",
+        "federation.min_train_clients=2",
+        *ADAPTIVE,
+    )
+    assert rounds[-1]["eval_loss"] < rounds[0]["eval_loss"]
+    assert rounds[1]["zo.int8_scale"] == 0.0
+    scales = [r["zo.int8_scale"] for r in rounds[2:]]
+    assert all(0 < s <= 32 / 127 for s in scales)
+    assert len(clients) == 6 and {c["steps"] for c in clients} == {20.0}
+    for c in clients:
+        assert c["zo_synced_exact"] == 1.0
+        per_record = 4 if c["round"] == 1 else 1
+        assert 20 * per_record < c["bytes_up"] <= 20 * per_record + 64
+    assert any(c["partition"] == 0 for c in clients if c["round"] > 1)  # ort, at the new scale
+
+
+def test_adaptive_scale_and_two_directions_rebuild_exactly_in_mixed_rounds(tmp_path):
+    rounds, clients = simulate(
+        tmp_path / "mixed",
+        "federation.strategy='fedit'",
+        "federation.num_rounds=2",
+        "client_groups=[{partitions=[0], backend='zo'}, {partitions=[1], backend='ort'}]",
+        *ADAPTIVE,
+    )
+    assert rounds[1]["zo.int8_scale"] == 0.0 < rounds[2]["zo.int8_scale"]
+    zo_rows = [c for c in clients if "zo_rebuild_exact" in c]
+    assert len(zo_rows) == 2 and all(c["zo_rebuild_exact"] == 1.0 for c in zo_rows)
+    assert [c["bytes_up"] <= 20 + 64 for c in zo_rows if c["round"] == 2] == [True]
