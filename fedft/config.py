@@ -590,6 +590,11 @@ class Scenario:
             "privacy.mode",
             "lora_fair needs each client's factors, which central noise never releases: use local",
         )
+        check(
+            self.zo.perturbations == 1 or not spec.shared_seeds,
+            "zo.perturbations",
+            "privacy accounts one g per step: a private zo run takes zo.perturbations = 1",
+        )
         allowed = {"torch", "zo"} if spec.shared_seeds else {"torch", "ort"}
         check(
             backends <= allowed,

@@ -255,3 +255,11 @@ def test_stochastic_rounding_steps_replay_exactly_on_both_runtimes():
     rebuilt = [t.clone() for t in start]
     replay_records_(rebuilt, POOL, records, lr=0.05, eps=1e-3)
     assert digest(rebuilt) == digest(params) == digest([torch.from_numpy(a) for a in arrays])
+
+
+def test_a_private_zo_run_takes_one_direction_a_step():
+    with pytest.raises(ConfigError, match=r"zo\.perturbations"):
+        load_scenario(
+            None,
+            ["federation.strategy='zo'", "privacy.mode='central'", "zo.perturbations=2"],
+        )
