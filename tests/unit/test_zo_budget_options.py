@@ -261,5 +261,10 @@ def test_a_private_zo_run_takes_one_direction_a_step():
     with pytest.raises(ConfigError, match=r"zo\.perturbations"):
         load_scenario(
             None,
-            ["federation.strategy='zo'", "privacy.mode='central'", "zo.perturbations=2"],
+            [
+                "federation.strategy='zo'",
+                "privacy.mode='central'",
+                "privacy.noise_multiplier=1.0",
+                "zo.perturbations=2",
+            ],
         )
