@@ -129,7 +129,9 @@ class FedIT(FedAvg):
 
         A server optimiser's, and the zo clients' announced int8 scales under the adaptive rule.
         """
-        state = {} if self.server_opt is None else {"server_opt": self.server_opt.state()}
+        state: dict[str, Any] = {}
+        if self.server_opt is not None:
+            state["server_opt"] = self.server_opt.state()
         if self.zo_scales.active:
             state["zo_scale"] = self.zo_scales.state()
         return state
