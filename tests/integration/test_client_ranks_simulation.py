@@ -43,7 +43,8 @@ def test_two_ranks_train_and_the_adapter_has_the_servers_rank(tmp_path, strategy
     big = [c for c in clients if c["partition"] == 2.0]
     # a rank-4 client is sent and sends half of the rank-8 factors (same modules, half the rank)
     assert max(c["bytes_up"] for c in small) < 0.6 * min(c["bytes_up"] for c in big)
-    assert max(c["bytes_down"] for c in small) < 0.6 * min(c["bytes_down"] for c in big)
+    if strategy != "flora":  # flora also sends every client the merged factors (float64)
+        assert max(c["bytes_down"] for c in small) < 0.6 * min(c["bytes_down"] for c in big)
     adapter = tmp_path / strategy / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["lora_alpha"] == 16
@@ -52,5 +53,9 @@ def test_two_ranks_train_and_the_adapter_has_the_servers_rank(tmp_path, strategy
     if strategy == "flexlora":
         assert all(0 < r["flexlora.kept_energy"] <= 1 for r in rounds[1:])
     if strategy == "flora":  # the merged update grows by the stacked ranks (4 + 4 + 8) a round
-        assert [r["flora.merged_rank"] for r in rounds[1:]] == [16, 32]
+        first_rank, second_rank = (r["flora.merged_rank"] for r in rounds[1:])
+        assert 8 < first_rank <= 16 and first_rank < second_rank <= 32  # (at most 32: k/v's d)
+        second = [c["bytes_down"] for c in clients if c["round"] == 2]
+        first = [c["bytes_down"] for c in clients if c["round"] == 1]
+        assert min(second) > max(first)  # round 2 carries round 1's merged update
         assert 0 < rounds[-1]["flora.output_kept_energy"] < 1
