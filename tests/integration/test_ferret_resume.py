@@ -44,7 +44,9 @@ def rows(run_dir, kind):
 
 def test_killed_and_resumed_ferret_run_matches_an_uninterrupted_one(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    proc = subprocess.run(command("--out", str(whole)), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        command("--out", str(whole)), capture_output=True, text=True, timeout=1800
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     victim = subprocess.Popen(
@@ -68,7 +70,7 @@ def test_killed_and_resumed_ferret_run_matches_an_uninterrupted_one(tmp_path):
         [sys.executable, "-m", "fedft.cli", "simulate", "--resume", str(broken)],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "dropped reply" not in resumed.stderr, resumed.stderr[-3000:]
