@@ -591,6 +591,11 @@ class Scenario:
             "lora_fair needs each client's factors, which central noise never releases: use local",
         )
         check(
+            self.zo.grad_scale_rule == "fixed" or not spec.shared_seeds,
+            "zo.grad_scale_rule",
+            "privacy needs the fixed int8 scale: the adaptive one follows the clients' raw g",
+        )
+        check(
             self.zo.perturbations == 1 or not spec.shared_seeds,
             "zo.perturbations",
             "privacy accounts one g per step: a private zo run takes zo.perturbations = 1",

@@ -284,6 +284,17 @@ def test_bad_privacy_settings_name_their_key(raw, key):
     assert "\n" not in str(err.value)
 
 
+def test_a_private_zo_run_refuses_the_adaptive_int8_scale():
+    raw = {
+        "federation": {"strategy": "zo"},
+        "zo": {"grad_scale_rule": "adaptive"},
+        "privacy": {"mode": "central", "noise_multiplier": 1.0},
+    }
+    with pytest.raises(ConfigError) as err:
+        Scenario.from_dict(raw)
+    assert err.value.key == "zo.grad_scale_rule"
+
+
 def test_privacy_from_overrides():
     s = load_scenario(None, ["privacy.mode=local", "privacy.noise_multiplier=0.5"])
     assert s.privacy.mode == "local" and s.privacy.noise_multiplier == 0.5
