@@ -22,6 +22,17 @@ class TrainResult:
     steps: int
     examples: int
 
+    def metrics(self, train_s: float) -> dict[str, float]:
+        """The reply's training metrics (``num-examples`` is what Flower's FedAvg weighs by)."""
+        examples = float(self.examples)
+        return {
+            "train_loss": self.loss,
+            "num-examples": examples,
+            "examples": examples,
+            "steps": float(self.steps),
+            "train_s": train_s,
+        }
+
 
 def train_local(
     model: PeftModel,

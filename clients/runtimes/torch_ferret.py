@@ -66,13 +66,7 @@ def train_modules(
         started = time.perf_counter()
         result = train_local(model, train_set, scenario.train, seed, device, lr=lr)
         train_s = time.perf_counter() - started
-        metrics = {
-            "train_loss": result.loss,
-            "num-examples": float(result.examples),
-            "examples": float(result.examples),
-            "steps": float(result.steps),
-            "train_s": train_s,
-        }
+        metrics = result.metrics(train_s)
         own = federated_data(scenario).client_eval[partition_id]  # personalisation
         metrics |= local_metrics(model, tokenizer, eval_set, own, scenario, server_round, device)
         end = trainable_state(model, modules)

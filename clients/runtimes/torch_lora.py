@@ -115,14 +115,8 @@ class TorchLora(ClientRuntime):
         with proximal_term(model, scenario.fedprox.mu):
             result = train_local(model, train_set, scenario.train, seed, device, lr=lr)
         train_s = time.perf_counter() - started
-        metrics = {
-            "train_loss": result.loss,
-            "num-examples": float(result.examples),
-            "examples": float(result.examples),
-            "steps": float(result.steps),
-            "train_s": train_s,
-            "base_bytes": float(base_weight_bytes(model)),  # what the quantization saves
-        }
+        metrics = result.metrics(train_s)
+        metrics["base_bytes"] = float(base_weight_bytes(model))  # what the quantization saves
         if scenario.train.lr_schedule != "constant":
             metrics["lr"] = lr
         own = federated_data(scenario).client_eval[partition_id]  # personalisation
