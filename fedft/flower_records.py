@@ -13,12 +13,16 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedft.config import Scenario
 from fedft.errors import ReplyError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: numpy devices need none
+    import torch
 
 SCENARIO_KEY = "fedft-scenario"  # train config entry (and node state): the scenario as JSON
 SCENARIO_DIGEST_KEY = "fedft-scenario-digest"  # train config entry: scenario_digest(JSON)
@@ -33,15 +37,22 @@ MERGED_KEY = "merged"  # ArrayRecord of a flora train message: the factors merge
 FERRET_CHECKPOINT_ROUND_KEY = "ferret-checkpoint-round"  # train config entry with the arrays
 
 
-def factors_to_record(factors: Mapping[str, torch.Tensor]) -> ArrayRecord:
-    """Pack a factor state into an ArrayRecord (CPU, contiguous)."""
-    return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in factors.items()})
+def factors_to_record(
+    factors: Mapping[str, torch.Tensor] | Mapping[str, np.ndarray],
+) -> ArrayRecord:
+    """Pack a factor state (torch tensors or numpy arrays: the same bytes) into an ArrayRecord."""
+    arrays = {}
+    for name, value in factors.items():
+        if not isinstance(value, np.ndarray):  # a torch tensor, as Flower converts it
+            value = value.detach().cpu().contiguous().numpy()
+        arrays[name] = Array(np.ascontiguousarray(value))
+    return ArrayRecord(arrays)
 
 
-def record_to_factors(
+def record_to_arrays(
     record: ArrayRecord, template: Mapping[str, torch.Tensor] | None = None
-) -> dict[str, torch.Tensor]:
-    """Unpack an ArrayRecord into tensors, turning undecodable arrays into :class:`ReplyError`.
+) -> dict[str, np.ndarray]:
+    """Unpack an ArrayRecord into numpy arrays (no torch), undecodable ones :class:`ReplyError`.
 
     With ``template`` (the global state), names and serialized sizes are checked against it before
     anything is decoded: a reply cannot make the server allocate more than the global state holds.
@@ -51,8 +62,23 @@ def record_to_factors(
     out = {}
     for name in record:
         try:
-            out[name] = torch.from_numpy(record[name].numpy().copy())
+            out[name] = record[name].numpy().copy()
         except Exception as err:  # any decode failure is the sender's fault
+            raise ReplyError(f"reply: tensor {name!r} cannot be decoded ({err})") from None
+    return out
+
+
+def record_to_factors(
+    record: ArrayRecord, template: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """:func:`record_to_arrays` as torch tensors (one torch cannot hold: :class:`ReplyError`)."""
+    import torch
+
+    out = {}
+    for name, array in record_to_arrays(record, template).items():
+        try:
+            out[name] = torch.from_numpy(array)
+        except Exception as err:  # e.g. a big-endian or unsigned dtype: the sender's fault
             raise ReplyError(f"reply: tensor {name!r} cannot be decoded ({err})") from None
     return out
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # only weighted_sum needs torch (normalized_weights serves numpy devices too)
+    import torch
 
 
 def normalized_weights(weights: Sequence[float], count: int | None = None) -> list[float]:
@@ -59,6 +61,8 @@ def weighted_sum(tensors: Sequence[torch.Tensor], p: Sequence[float]) -> torch.T
 
     ``p`` is used as given (normalise it first with :func:`normalized_weights`).
     """
+    import torch
+
     first = tensors[0]
     acc = torch.zeros(first.shape, dtype=torch.float64)
     for p_k, tensor in zip(p, tensors, strict=True):

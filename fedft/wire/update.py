@@ -4,6 +4,8 @@ A client's LoRA factors travel as float32 (``"fp32"``, 4 bytes per value) or as 
 one float32 scale per row (``"int8"``, 1 byte per value plus 4 per row; symmetric,
 ``scale = max|row| / 127``). The byte layout is specified in ``protos/fedft/v1/update.proto``.
 The decoder trusts nothing: a bad message raises :class:`WireError` naming the field and tensor.
+The encoder takes torch tensors or numpy arrays (the same bytes for the same values), so a device
+without torch can send an update.
 
 Examples
 --------
@@ -19,14 +21,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from google.protobuf.message import DecodeError
 
 from fedft.v1 import update_pb2
 from fedft.wire.errors import WireError
 from fedft.wire.int8 import dequantize_matrix, quantize_matrix
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: a device without torch encodes numpy
+    import torch
 
 UPDATE_WIRE_VERSION = 1
 MAX_NDIM = 8
@@ -70,6 +75,8 @@ def quantize_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     WireError
         If a value is NaN or infinite.
     """
+    import torch
+
     shape = tuple(tensor.shape)
     rows = _rows(shape)
     cols = tensor.numel() // rows if rows else 0
@@ -80,19 +87,23 @@ def quantize_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dequantize_rows(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """``float32(code * scale)`` for every entry and its row's scale (one float32 rounding)."""
+    import torch
+
     shape = tuple(codes.shape)
     rows = _rows(shape)
     matrix = codes.cpu().numpy().reshape(rows, codes.numel() // rows if rows else 0)
     return torch.from_numpy(dequantize_matrix(matrix, scales.cpu().numpy())).reshape(shape)
 
 
-def encode_update(factors: Mapping[str, torch.Tensor], encoding: str = "fp32") -> bytes:
+def encode_update(
+    factors: Mapping[str, torch.Tensor] | Mapping[str, np.ndarray], encoding: str = "fp32"
+) -> bytes:
     """Serialize a factor state as a ``fedft.v1.LoraUpdate``.
 
     Parameters
     ----------
-    factors : Mapping[str, torch.Tensor]
-        Finite floating tensors by name (sent in this order, as float32).
+    factors : Mapping[str, torch.Tensor] or Mapping[str, np.ndarray]
+        Finite floating tensors (or numpy arrays) by name (sent in this order, as float32).
     encoding : {"fp32", "int8"}
         Exact float32 values, or int8 codes with one float32 scale per row.
 
@@ -115,19 +126,32 @@ def encode_update(factors: Mapping[str, torch.Tensor], encoding: str = "fp32") -
     message = update_pb2.LoraUpdate(version=UPDATE_WIRE_VERSION)
     for name, tensor in factors.items():
         _check_layout(name, tuple(tensor.shape))
-        if not tensor.is_floating_point():
-            raise _error("data", f"dtype {tensor.dtype} is not floating", name)
-        values = tensor.detach().cpu().to(torch.float32).contiguous()
-        if not bool(torch.isfinite(values).all()):
+        values = _float32_values(name, tensor)
+        if not bool(np.isfinite(values).all()):
             raise _error("data", "holds non-finite values (NaN or Inf)", name)
         entry = message.tensors.add(name=name, shape=values.shape, encoding=ENCODINGS[encoding])
         if encoding == "fp32":
-            entry.data = values.numpy().astype(_F32, copy=False).tobytes()
+            entry.data = values.astype(_F32, copy=False).tobytes()
         else:
-            codes, scales = quantize_rows(values)
-            entry.data = codes.numpy().tobytes()
-            entry.scales = scales.numpy().astype(_F32, copy=False).tobytes()
+            rows = _rows(values.shape)
+            matrix = values.astype(np.float64).reshape(rows, values.size // rows if rows else 0)
+            codes, scales = quantize_matrix(matrix)  # what quantize_rows computes
+            entry.data = codes.tobytes()
+            entry.scales = scales.astype(_F32, copy=False).tobytes()
     return message.SerializeToString()
+
+
+def _float32_values(name: str, tensor: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A floating tensor's values as a C-contiguous float32 numpy array (torch casts as numpy)."""
+    if isinstance(tensor, np.ndarray):
+        if tensor.dtype.kind != "f":
+            raise _error("data", f"dtype {tensor.dtype} is not floating", name)
+        return np.ascontiguousarray(tensor, dtype=np.float32)
+    if not tensor.is_floating_point():
+        raise _error("data", f"dtype {tensor.dtype} is not floating", name)
+    import torch
+
+    return tensor.detach().cpu().to(torch.float32).contiguous().numpy()
 
 
 def _check_layout(name: str, shape: tuple[int, ...]) -> None:
@@ -154,7 +178,7 @@ def _decode_tensor(entry: update_pb2.LoraTensor) -> torch.Tensor:
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             raise _error("data", f"entry {int(bad[0])} is {values[bad[0]]}", name)
-        return torch.from_numpy(values.astype(np.float32)).reshape(shape)
+        return _tensor(values.astype(np.float32), shape)
     rows = _rows(shape)
     if len(entry.data) != numel:
         raise _error("data", f"{len(entry.data)} bytes for {shape} in int8", name)
@@ -174,6 +198,12 @@ def _decode_tensor(entry: update_pb2.LoraTensor) -> torch.Tensor:
         values = dequantize_matrix(codes, scales)
     if not np.all(np.isfinite(values)):
         raise _error("scales", "code * scale overflows float32", name)
+    return _tensor(values, shape)
+
+
+def _tensor(values: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(values).reshape(shape)
 
 

@@ -17,17 +17,33 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
-import torch
 
 from fedft.algorithms.fedavg import normalized_weights
 from fedft.errors import ZoError
 from fedft.wire.order import in_zo_order
 from fedft.zo.config import ZoSection
-from fedft.zo.rng import float32_scale, perturb_
+from fedft.zo.rng import float32_scale, perturb_, perturb_numpy_
 from fedft.zo.seeds import ZoRecord, index_width, seed_pool
 from fedft.zo.step import check_eps, restore_and_step, update_coefficient
+
+if TYPE_CHECKING:
+    import torch
+
+
+Params: TypeAlias = (
+    "Sequence[torch.Tensor] | Sequence[np.ndarray]"  # torch tensors, or numpy (no torch)
+)
+
+
+def _perturb(params: Params, seed: int, scale: float) -> None:
+    """``perturb_`` on torch tensors, ``perturb_numpy_`` (the same bits) on numpy arrays."""
+    if params and all(isinstance(p, np.ndarray) for p in params):
+        perturb_numpy_(params, seed, scale)  # type: ignore[arg-type]
+    else:
+        perturb_(params, seed, scale)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -40,12 +56,15 @@ class RoundAggregate:
 
 
 def replay_history_(
-    params: Sequence[torch.Tensor],
+    params: Params,
     history: Sequence[RoundAggregate],
     run_seed: int,
     lr: float,
 ) -> None:
-    """Replay rounds in order onto ``params`` (the catch-up of a client, or the server's step)."""
+    """Replay rounds in order onto ``params`` (the catch-up of a client, or the server's step).
+
+    ``params``: torch tensors, or numpy arrays (a device without torch): the same bits.
+    """
     for entry in history:
         replay_(params, seed_pool(run_seed, entry.round, entry.pool_size), entry.aggregate, lr)
 
@@ -57,7 +76,7 @@ def _pool_seed(pool: Sequence[int], index: int) -> int:
 
 
 def replay_records_(
-    params: Sequence[torch.Tensor],
+    params: Params,
     pool: Sequence[int],
     records: Sequence[ZoRecord],
     lr: float,
@@ -77,9 +96,9 @@ def replay_records_(
     if perturbations == 1:
         for record in records:
             seed = _pool_seed(pool, record.seed_index)
-            perturb_(params, seed, eps32)
-            perturb_(params, seed, -2 * eps32)
-            perturb_(params, seed, restore_and_step(eps32, lr, record.grad))
+            _perturb(params, seed, eps32)
+            _perturb(params, seed, -2 * eps32)
+            _perturb(params, seed, restore_and_step(eps32, lr, record.grad))
         return
     if len(records) % perturbations:
         raise ZoError(f"{len(records)} records are not steps of {perturbations} directions")
@@ -87,11 +106,11 @@ def replay_records_(
         step = records[start : start + perturbations]
         seeds = [_pool_seed(pool, record.seed_index) for record in step]
         for seed in seeds:
-            perturb_(params, seed, eps32)
-            perturb_(params, seed, -2 * eps32)
-            perturb_(params, seed, eps32)
+            _perturb(params, seed, eps32)
+            _perturb(params, seed, -2 * eps32)
+            _perturb(params, seed, eps32)
         for seed, record in zip(seeds, step, strict=True):
-            perturb_(params, seed, -update_coefficient(lr, record.grad, perturbations))
+            _perturb(params, seed, -update_coefficient(lr, record.grad, perturbations))
 
 
 def aggregate_records(
@@ -127,9 +146,7 @@ def aggregate_records(
     return {s: a for s, a in rounded.items() if a != 0.0}
 
 
-def replay_(
-    params: Sequence[torch.Tensor], pool: Sequence[int], aggregate: Mapping[int, float], lr: float
-) -> None:
+def replay_(params: Params, pool: Sequence[int], aggregate: Mapping[int, float], lr: float) -> None:
     """Apply one round's aggregate: ``w -= lr a_s z_s`` for each seed index ``s`` in sorted order.
 
     The global model is the base replayed with every round's aggregate; each pass adds
@@ -139,7 +156,7 @@ def replay_(
         seed = _pool_seed(pool, index)
         with np.errstate(over="ignore"):
             step = float(np.float32(lr) * np.float32(aggregate[index]))
-        perturb_(params, seed, -float32_scale(step))
+        _perturb(params, seed, -float32_scale(step))
 
 
 def rebuild_factors(

@@ -16,7 +16,9 @@ bijection, so ``(s0, s1) -> (k1, k2)`` is one too.) One hash yields 32 signs. Th
 holds the uint32 values in int64 (every product is below ``2**32 * 0x045D9F3B < 2**59``, so nothing
 overflows) and masks them; torch holds them in int32, whose wrap-around add, multiply and xor give
 the same bits at half the memory traffic (checked against the reference and the committed test
-vectors in ``tests/unit/test_rng.py``).
+vectors in ``tests/unit/test_rng.py``). Importing this module needs numpy only: the torch
+functions import torch when called, so a device without torch (an ONNX Runtime one) uses the numpy
+ones.
 
 A *layout* is the ordered list of trainable tensors; element ``j`` of tensor ``t`` (row-major) has
 the global index ``offset_t + j``, with ``offset_t`` the total size of the tensors before it.
@@ -27,11 +29,14 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from fedft.errors import FedftError
+
+if TYPE_CHECKING:  # torch is imported where a torch path runs: numpy devices need none
+    import torch
 
 GENERATOR = "rademacher-mix32-v1"
 MASK32 = 0xFFFFFFFF
@@ -196,6 +201,8 @@ class _SignStream:
     _tables: dict[torch.device, torch.Tensor] = {}
 
     def __init__(self, chunk: int, device: torch.device) -> None:
+        import torch
+
         words = chunk // 32 + 2
         self.device = device
         self.counter = torch.arange(words, dtype=torch.int32, device=device)
@@ -211,6 +218,8 @@ class _SignStream:
 
         2 KiB, so it stays in L1 while the weights stream through the cache.
         """
+        import torch
+
         if device not in cls._tables:
             values = torch.arange(256, device=device).unsqueeze(1)
             bits = (values >> torch.arange(8, device=device)) & 1  # (256, 8)
@@ -220,6 +229,8 @@ class _SignStream:
 
     def _xorshift16_(self, x: torch.Tensor) -> None:
         """``x ^= x >> 16`` with a logical shift of the uint32 held in ``x``."""
+        import torch
+
         tmp = self.tmp[: x.numel()]
         torch.bitwise_right_shift(x, 16, out=tmp)
         tmp &= 0xFFFF
@@ -227,6 +238,8 @@ class _SignStream:
 
     def int8(self, keys: tuple[int, int], start: int, count: int) -> torch.Tensor:
         """Signs of ``[start, start + count)`` (within one 2**37 block) as an int8 view."""
+        import torch
+
         k1, k2 = keys
         lead, first_word = start & 31, start >> 5
         words = (lead + count + 31) >> 5
@@ -247,6 +260,8 @@ class _SignStream:
 
     def add_(self, target: torch.Tensor, signs: torch.Tensor, scale32: float) -> None:
         """``target += scale32 * signs``, computed in float32 (float64) and rounded once."""
+        import torch
+
         # float32 signs: with int8 signs torch casts them to a new float tensor each time, and
         # with 16-bit tensors it would compute in 16 bits, rounding the scale to 16 bits first
         if self.float_signs is None or self.float_signs.device != target.device:
@@ -277,6 +292,8 @@ def rademacher_torch(
     torch.Tensor
         Shape ``(count,)``, dtype int8.
     """
+    import torch
+
     _check_range(start, count)
     keys = seed_keys(seed)
     device = torch.device("cpu" if device is None else device)
@@ -325,8 +342,9 @@ def perturbation_numpy(seed: int, layout: Layout) -> dict[str, np.ndarray]:
 
 
 def _check_tensor(index: int, t: torch.Tensor | np.ndarray) -> None:
-    contiguous = t.is_contiguous() if isinstance(t, torch.Tensor) else t.flags.c_contiguous
-    floating = t.is_floating_point() if isinstance(t, torch.Tensor) else t.dtype.kind == "f"
+    numpy = isinstance(t, np.ndarray)
+    contiguous = t.flags.c_contiguous if numpy else t.is_contiguous()
+    floating = t.dtype.kind == "f" if numpy else t.is_floating_point()
     if not contiguous or not floating:
         raise PerturbationError(
             f"tensor {index} of the layout must be contiguous floating point, "
@@ -371,6 +389,8 @@ def perturb_(
     offsets = layout_offsets([("", tuple(flat.shape)) for flat in flats])
     if offsets[-1] == 0:
         return
+    import torch
+
     stream = _SignStream(min(chunk, offsets[-1]), flats[0].device)
     first = 0  # the first tensor that is not done yet
     with torch.no_grad():

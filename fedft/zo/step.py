@@ -8,7 +8,8 @@ r"""The SPSA step (MeZO, Malladi et al., 2023, arXiv 2305.17333), written once f
 :func:`spsa_step` takes the perturbation as a function ``perturb(seed, coefficient)`` that adds
 ``coefficient * z(seed)`` to the trainable tensors in place; :func:`spsa_step_` binds it to torch
 tensors (:func:`fedft.zo.rng.perturb_`), :func:`spsa_step_numpy_` to numpy arrays
-(:func:`fedft.zo.rng.perturb_numpy_`, bit-identical). Every coefficient is a float32 value, so
+(:func:`fedft.zo.rng.perturb_numpy_`, bit-identical; importing this module needs no torch).
+Every coefficient is a float32 value, so
 :func:`fedft.zo.replay.replay_records_` repeats a client's steps bit for bit.
 """
 
@@ -17,14 +18,17 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from fedft.errors import ZoError
 from fedft.wire.int8 import INT8_LEVELS, dequantize_grads, quantize_grads
 from fedft.zo.rng import float32_scale, perturb_, perturb_numpy_
 from fedft.zo.seeds import unit_draw
+
+if TYPE_CHECKING:  # the torch bindings import torch when called: numpy devices need none
+    import torch
 
 _ROUNDING_DOMAIN = 3  # separates the stochastic rounding draws from pools and step indices
 Perturb = Callable[[int, float], None]  # perturb(seed, coefficient): w += coefficient * z(seed)
@@ -208,6 +212,8 @@ def spsa_step_(
     privatize: Callable[[float], float] | None = None,
 ) -> float:
     """:func:`spsa_step` on torch tensors (in layout order), under ``torch.no_grad``."""
+    import torch
+
     with torch.no_grad():
         perturb = functools.partial(perturb_, params)
         return spsa_step(
@@ -234,6 +240,8 @@ def spsa_multi_step_(
     privatize: Callable[[float], float] | None = None,
 ) -> list[float]:
     """:func:`spsa_multi_step` on torch tensors (in layout order), under ``torch.no_grad``."""
+    import torch
+
     with torch.no_grad():
         perturb = functools.partial(perturb_, params)
         return spsa_multi_step(
