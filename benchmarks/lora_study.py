@@ -122,12 +122,17 @@ def cell_runs(cell: Path) -> dict[str, dict[int, list[dict]]]:
     runs: dict[str, dict[int, list[dict]]] = {}
     for run in sorted(p for p in cell.iterdir() if (p / "adapter").is_dir()):
         strategy, _, seed = run.name.rpartition("-seed")
-        runs.setdefault(strategy, {})[int(seed)] = read_rounds(run)
+        if strategy and seed.isdigit():  # a hand-made folder (``lora_fair-seed0b``) is not a run
+            runs.setdefault(strategy, {})[int(seed)] = read_rounds(run)
     return runs
 
 
-def plot_drift(out: Path) -> Path | None:
-    """``drift.png``: LoRA-FAIR's cosines and its paired final-loss gain over FedIT, per cell."""
+def plot_drift(out: Path, path: Path | None = None) -> Path | None:
+    """Plot LoRA-FAIR's cosines and its paired final-loss gain over FedIT, per drift cell.
+
+    Into ``path`` (default ``<out>/drift.png``); a cell counts if it holds both strategies at a
+    common seed.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,7 +156,7 @@ def plot_drift(out: Path) -> Path | None:
         ]
         gain = [base[s][-1]["eval_loss"] - fair[s][-1]["eval_loss"] for s in seeds]
         label = name.replace("table-one-rank", "drift-steps15-alpha0.1").replace("drift-", "")
-        rows.append((label, cos, gain))
+        rows.append((f"{label} (n={len(seeds)})", cos, gain))
     if not rows:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -171,7 +176,7 @@ def plot_drift(out: Path) -> Path | None:
     left.legend()
     fig.suptitle("LoRA-FAIR vs FedIT as clients drift (tiny model, 5 clients, rank 16, 4 rounds)")
     fig.tight_layout()
-    path = out / "drift.png"
+    path = path or out / "drift.png"
     fig.savefig(path, dpi=110)
     return path
 
@@ -182,6 +187,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "study")
     parser.add_argument("--cells", default="", help="comma-separated cell names (default: all)")
+    parser.add_argument("--figure", type=Path, help="where to write the drift figure")
     args = parser.parse_args()
     cells = TABLE_CELLS if args.part == "table" else DRIFT_CELLS if args.part == "drift" else {}
     wanted = set(args.cells.split(",")) if args.cells else set(cells)
@@ -190,7 +196,7 @@ def main() -> None:
         if name in wanted:
             run_cell(args.out / name, strategies, overrides, args.seeds)
     print(report(args.out))
-    plot_drift(args.out)
+    plot_drift(args.out, args.figure)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from fedft.algorithms.hetero_lora import (
     state_rank,
     truncate_state,
 )
+from fedft.algorithms.lora_fair import LoraFairConfig
 from fedft.algorithms.lora_fair_state import lora_fair_aggregate, lora_fair_hetero_aggregate
 from fedft.errors import ReplyError
 
@@ -131,6 +132,53 @@ def test_lora_fair_hetero_targets_the_exact_update_and_improves_the_cosine():
     plain = b_bar @ a_bar
     cos0 = float((ideal * plain).sum() / (ideal.norm() * plain.norm()))
     assert cos0 == pytest.approx(report.cos_before, abs=1e-6)
+
+
+def dense_fair_solve(ideal, a_bar, b_bar, lam=0.01, steps=200, lr=0.01):
+    """Gradient descent on all of dB (d x R) of 1 - cos(ideal, (b_bar + dB) a_bar) + lam ||dB||,
+    the d x k matrices formed densely; keeps the best iterate, as the library does."""
+    delta = torch.zeros_like(b_bar, requires_grad=True)
+    best = (None, float("inf"))
+    for step in range(steps + 1):
+        update = (b_bar + delta) @ a_bar
+        cos = (ideal * update).sum() / (ideal.norm() * update.norm())
+        (grad,) = torch.autograd.grad(1 - cos, delta)
+        cos, norm = cos.detach(), float(delta.detach().norm())
+        if norm > 0:
+            grad = grad + lam * delta.detach() / norm
+        else:  # the minimum-norm subgradient of lam ||dB|| at dB = 0
+            grad = grad * max(0.0, 1 - lam / float(grad.norm()))
+        objective = 1 - float(cos) + lam * norm
+        if objective < best[1]:
+            best = (delta.detach().clone(), objective)
+        if step < steps:
+            with torch.no_grad():
+                delta -= lr * grad
+    return best[0]
+
+
+def test_lora_fair_hetero_equals_the_dense_solve_against_the_unpadded_update():
+    # ranks 2, 4, 3 under a server rank of 5: the target is built from the clients' own factors,
+    # the start is HetLoRA's zero-padded average, and dB ranges over all of d x R
+    a, b = clients([2, 4, 3], seed=5)
+    b = [x * 1e-2 for x in b]
+    weights = [10, 30, 20]
+    p = [w / 60 for w in weights]
+    ideal = dense(a, b, p)
+    a_bar = sum(p_k * pad_module(x, y, 5)[0] for p_k, x, y in zip(p, a, b, strict=True))
+    b_bar = sum(p_k * pad_module(x, y, 5)[1] for p_k, x, y in zip(p, a, b, strict=True))
+    delta = dense_fair_solve(ideal, a_bar, b_bar)
+    config = LoraFairConfig(steps=200, tol=0.0)
+    out, report = lora_fair_hetero_aggregate(
+        [state(a[i], b[i]) for i in range(3)], weights, rank=5, config=config
+    )
+    torch.testing.assert_close(out["m.lora_A.weight"].double(), a_bar, rtol=1e-6, atol=1e-7)
+    want = b_bar + delta
+    got = out["m.lora_B.weight"].double()
+    assert float((got - want).norm() / want.norm()) <= 1e-5
+    # a real correction: without it (dB = 0) the output would miss by far more than 1e-5
+    assert float(delta.norm()) > 1e-2 * float(want.norm())
+    assert report.cos_after > report.cos_before + 1e-4
 
 
 def test_lora_fair_hetero_with_one_rank_is_lora_fair():
