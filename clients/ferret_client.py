@@ -4,7 +4,9 @@ Any first-order runtime trains the round (:class:`clients.runtimes.torch_lora.To
 float or quantized base, or :class:`clients.runtimes.ort_lora.OrtLora`, ONNX Runtime training);
 :func:`ferret_reply` projects its update ``Delta = start - end`` block by block onto the round's
 shared directions (:func:`fedft.ferret.aggregate.client_coordinates`) and sends it as a
-``fedft.v1.FerretReply``. The client's own end state is not kept: every party applies the round's
+``fedft.v1.FerretReply``. With ``[privacy]`` the update is clipped before it is projected and the
+coordinates are bounded (and noised in local mode) on the device (:mod:`fedft.privacy.ferret`).
+The client's own end state is not kept: every party applies the round's
 aggregate instead (:mod:`clients.ferret_sync`).
 """
 
@@ -18,12 +20,15 @@ from typing import Any
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
+from clients.privacy import private_ferret_coordinates
 from clients.replies import Reply
 from fedft.config import Scenario
 from fedft.factors import factors_digest
 from fedft.ferret.aggregate import client_coordinates
 from fedft.ferret.blocks import state_blocks
 from fedft.flower_records import FERRET_REPLY_KEY
+from fedft.privacy import mechanisms
+from fedft.privacy.ferret import private_counts
 from fedft.wire.ferret import encode_ferret_reply
 from fedft.wire.order import in_zo_order
 from fedft.zo.seeds import seed_pool_id
@@ -56,6 +61,13 @@ def ferret_reply(
     ferret = scenario.ferret
     started = time.perf_counter()
     end = {name: trained.factors[name].detach().to("cpu", torch.float32) for name in start}
+    privacy = scenario.privacy
+    if privacy.enabled:  # clip X_k - X (A and B together) to C before projecting
+        delta, _ = mechanisms.clip_update(mechanisms.update_of(end, start), privacy.clip_norm)
+        end = {
+            k: t.to("cpu", torch.float32) for k, t in mechanisms.apply_update(start, delta).items()
+        }
+    blocks = state_blocks(start, ferret.block_size)
     first: dict[str, Any] = dict(start)
     last: dict[str, Any] = end
     if numpy:
@@ -64,12 +76,15 @@ def ferret_reply(
     coordinates = client_coordinates(
         in_zo_order(first),
         in_zo_order(last),
-        state_blocks(start, ferret.block_size),
+        blocks,
         run_seed=scenario.run.seed,
         round=server_round,
         client=node,
         pool_size=ferret.pool_size,
+        counts=private_counts(len(blocks), ferret.pool_size) if privacy.enabled else None,
     )
+    if privacy.enabled:  # the released scaled coordinates: clipped to C, noised in local mode
+        coordinates = private_ferret_coordinates(coordinates, [b.size for b in blocks], scenario)
     payload = encode_ferret_reply(
         coordinates,
         pool_id=seed_pool_id(scenario.run.seed, server_round, ferret.pool_size),

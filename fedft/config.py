@@ -581,9 +581,14 @@ class Scenario:
             "privacy needs 'mean': a robust aggregator lets one client move others' weight",
         )
         check(
-            spec.name in ("fedit", "lora_fair", "zo"),
+            spec.name in ("fedit", "lora_fair", "zo", "ferret"),
             "privacy.mode",
-            f"privacy is built for fedit, lora_fair and zo, not {spec.name!r}",
+            f"privacy is built for fedit, lora_fair, zo and ferret, not {spec.name!r}",
+        )
+        check(
+            not (spec.name == "ferret" and self.ferret.trainable_modules),
+            "ferret.trainable_modules",
+            "privacy clips LoRA factor updates: a private ferret run trains the LoRA factors",
         )
         check(
             not (spec.name == "lora_fair" and mode == "central"),
@@ -600,7 +605,7 @@ class Scenario:
             "zo.perturbations",
             "privacy accounts one g per step: a private zo run takes zo.perturbations = 1",
         )
-        allowed = {"torch", "zo"} if spec.shared_seeds else {"torch", "ort"}
+        allowed = {"torch", "zo", "ort"} if spec.shared_seeds else {"torch", "ort"}
         check(
             backends <= allowed,
             "client.backend",

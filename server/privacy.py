@@ -2,7 +2,8 @@
 
 The maths is in :mod:`fedft.privacy`; a strategy calls :meth:`ServerPrivacy.bound` on the replies
 it keeps (every reply, whatever the client did, is clipped to ``C`` in central mode and weighs
-the same), then :meth:`ServerPrivacy.mean_factors` or :meth:`ServerPrivacy.zo_means` instead of
+the same), then :meth:`ServerPrivacy.mean_factors`, :meth:`ServerPrivacy.zo_means` or
+:meth:`ServerPrivacy.ferret_means` instead of
 its weighted average, and :meth:`ServerPrivacy.spend` once the round's aggregate is accepted.
 """
 
@@ -20,6 +21,7 @@ from fedft.config import Scenario
 from fedft.privacy import mechanisms
 from fedft.privacy.accountant import PrivacyAccountant, Release
 from fedft.privacy.config import PrivacySection
+from fedft.privacy.ferret import clip_slots, slot_sums, slot_support
 from fedft.privacy.plan import noise_multiplier, round_release, settings_line
 from fedft.privacy.zo import (
     client_indices,
@@ -147,6 +149,37 @@ class ServerPrivacy:
         std = self.noise_std if self.central else 0.0
         sums = seed_sums([u.records for u in updates])
         return noisy_seed_means(sums, support, max(sampled, 1), std, self.rng)
+
+    def ferret_means(
+        self,
+        server_round: int,
+        slots: Sequence[tuple[int, Mapping[int, float]]],
+        num_blocks: int,
+        sampled: int,
+    ) -> dict[int, float]:
+        """Per slot ``a = (sum_k clip_C(x_k) + N(0, (sigma C)^2)) / m`` (Ferret coordinates).
+
+        ``slots``: (node, scaled slots) per kept reply. Central: each reply's slot vector is
+        clipped to ``C`` here, and the noise goes on every slot of every block. Local: the mean.
+        """
+        clip = self.settings.clip_norm
+        vectors = []
+        for node, x in slots:
+            if self.central:
+                x, norm = clip_slots(x, clip)
+                if norm > clip * (1 + 1e-4):
+                    log.warning(
+                        "round %d: node %d's Ferret coordinates' norm %.4g exceeds "
+                        "privacy.clip_norm %g: clipped by the server",
+                        server_round,
+                        node,
+                        norm,
+                        clip,
+                    )
+            vectors.append(x)
+        support = slot_support(num_blocks, self.scenario.ferret.pool_size) if self.central else ()
+        std = self.noise_std if self.central else 0.0
+        return noisy_seed_means(slot_sums(vectors), support, max(sampled, 1), std, self.rng)
 
     def state(self) -> list[dict[str, float]]:
         """The accountant's releases (checkpoints)."""

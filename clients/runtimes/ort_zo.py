@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from clients.privacy import zo_grad
 from clients.replies import ZoReply
 from clients.runtimes import ClientRuntime, register_runtime
 from clients.runtimes.ort_lora import client_datasets, edge_bundle, forward_model
@@ -75,6 +76,7 @@ def _train_round_zo(
         lr=zo.lr,
         grad_scale=zo.grad_scale,
         rounding=zo.grad_rounding,
+        privatize=zo_grad(scenario, zo.grad_scale),  # [privacy]: clip (and noise) each g
     )
     train_s = time.perf_counter() - started
     end_factors = {name: torch.from_numpy(a) for name, a in factors.items()}

@@ -11,7 +11,7 @@ records are interchangeable with the torch zo client's.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +86,7 @@ def ort_spsa_steps(
     lr: float,
     grad_scale: float | None = None,
     rounding: str = "nearest",
+    privatize: Callable[[float], float] | None = None,
 ) -> tuple[list[ZoRecord], list[float]]:
     """Take one SPSA step per ``(index, batch)`` on the factors, in place, with ONNX Runtime.
 
@@ -110,6 +111,9 @@ def ort_spsa_steps(
         Fixed int8 scale of ``g`` (``zo.grad_scale``); None sends float32.
     rounding : {"nearest", "stochastic"}
         How ``g`` rounds to its code (``zo.grad_rounding``).
+    privatize : Callable[[float], float], optional
+        Applied to each ``g`` before it is quantized and applied (``[privacy]``: clip, noise;
+        :func:`clients.privacy.zo_grad`), as on the torch zo client.
 
     Returns
     -------
@@ -134,7 +138,14 @@ def ort_spsa_steps(
 
         seeds = [pool[i] for i in step_indices]
         grads = spsa_multi_step_numpy_(
-            arrays, loss_fn, seeds, eps, lr, grad_scale=grad_scale, rounding=rounding
+            arrays,
+            loss_fn,
+            seeds,
+            eps,
+            lr,
+            grad_scale=grad_scale,
+            rounding=rounding,
+            privatize=privatize,
         )
         records.extend(ZoRecord(i, g) for i, g in zip(step_indices, grads, strict=True))
     return records, losses

@@ -70,6 +70,7 @@ def client_coordinates(
     round: int,
     client: int,
     pool_size: int,
+    counts: Sequence[int] | None = None,
 ) -> FerretCoordinates:
     """Project ``Delta = start - end`` (float32, zo order) block by block: a client's reply.
 
@@ -82,6 +83,9 @@ def client_coordinates(
     run_seed, round, client, pool_size : int
         The round's pool ``seed_pool(run_seed, round, K)`` and the client's index, which set the
         windows (:func:`fedft.ferret.blocks.seed_window`).
+    counts : Sequence[int], optional
+        ``n_b`` per block instead of :func:`fedft.ferret.blocks.seed_counts` (``[privacy]``:
+        :func:`fedft.privacy.ferret.private_counts`, which do not depend on the update).
 
     Returns
     -------
@@ -91,7 +95,7 @@ def client_coordinates(
     check_slots(len(blocks), pool_size)
     deltas = [a - b for a, b in zip(start, end, strict=True)]  # in the tensors' dtype (float32)
     flats = flat_blocks(deltas, blocks)
-    counts = seed_counts(flats, pool_size)
+    counts = seed_counts(flats, pool_size) if counts is None else list(counts)
     pool = seed_pool(run_seed, round, pool_size)
     pool_id = seed_pool_id(run_seed, round, pool_size)
     coords = []

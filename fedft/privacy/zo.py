@@ -37,7 +37,16 @@ def clip_grad(grad: float, clip_norm: float, grad_scale: float | None) -> float:
     bound = clip_norm
     if grad_scale is not None:
         bound = min(bound, math.floor(clip_norm / grad_scale) * grad_scale)
+    bound = float32_at_most(bound)
     return float(np.float32(min(max(grad, -bound), bound)))
+
+
+def float32_at_most(value: float) -> float:
+    """The largest float32 ``<= value`` (``float32(C)`` can round above ``C``)."""
+    v = np.float32(value)
+    if float(v) > value:
+        v = np.nextafter(v, np.float32(-np.inf))
+    return float(v)
 
 
 def stochastic_round(value: float, grad_scale: float, rng: np.random.Generator) -> float:
@@ -69,9 +78,9 @@ def local_grad(
 
 def clip_records(records: Iterable[ZoRecord], clip_norm: float) -> tuple[ZoRecord, ...]:
     """The records with ``|g| <= C`` enforced (the server never trusts a client's clipping)."""
+    bound = float32_at_most(clip_norm)
     return tuple(
-        ZoRecord(r.seed_index, float(np.float32(min(max(r.grad, -clip_norm), clip_norm))))
-        for r in records
+        ZoRecord(r.seed_index, float(np.float32(min(max(r.grad, -bound), bound)))) for r in records
     )
 
 

@@ -103,12 +103,21 @@ class FerretStrategy(RoundHistory[FerretRound], FedIT):
     ) -> tuple[Mapping[str, torch.Tensor], dict[str, float]]:
         """``a_slot = sum_k p_k c_k gamma_k``, applied to the global factors (server lr).
 
+        With ``[privacy]``: equal weights, clipped (central), noised (:mod:`fedft.privacy.ferret`).
         :meth:`commit` keeps the entry only once the factors passed the checks: a failed round
         leaves the history as it was.
         """
-        aggregate = aggregate_coordinates(
-            [self.slots[u.node_id] for u in updates], [u.num_examples for u in updates]
-        )
+        if self.privacy is not None:  # (sum of clipped x_k + noise) / m per slot
+            aggregate = self.privacy.ferret_means(
+                server_round,
+                [(u.node_id, self.slots[u.node_id]) for u in updates],
+                len(state_blocks(self.global_factors, self.ferret.block_size)),
+                len(self.sent),
+            )
+        else:
+            aggregate = aggregate_coordinates(
+                [self.slots[u.node_id] for u in updates], [u.num_examples for u in updates]
+            )
         entry = FerretRound(server_round, self.ferret.pool_size, aggregate)
         factors = {name: t.clone() for name, t in self.global_factors.items()}
         blocks = state_blocks(factors, self.ferret.block_size)

@@ -205,6 +205,41 @@ def test_zo_records_match_the_torch_zo_step(model, forward, start, data, scenari
         assert np.abs(factors[name] - tensor.numpy()).max() <= bound
 
 
+def test_private_zo_on_onnx_runtime_clips_every_g_before_it_is_applied(forward, start, data):
+    """[privacy] on the forward-only ONNX Runtime client: the same hook as the torch zo client."""
+    from clients.privacy import zo_grad
+
+    train, _ = data
+    steps, eps, lr, clip = 6, 1e-3, 1e-4, 1e-3
+    private = load_scenario(
+        ROOT / "simulations" / "default.toml",
+        ["federation.strategy='zo'", "privacy.mode='central'", f"privacy.clip_norm={clip}"]
+        + ["privacy.noise_multiplier=1", "client.backend='ort'"],
+    )
+    pool = seed_pool(0, 1, private.zo.pool_size)
+    indices = derived_seed_indices(seed_pool_id(0, 1, len(pool)), 1, 3, steps, len(pool))
+    seen = []
+    clip_g = zo_grad(private, None)
+    assert clip_g is not None
+
+    def hook(g):
+        seen.append(g)
+        return clip_g(g)
+
+    batches = list(numpy_batches(train, seed=4, steps=steps))
+    plain, _ = ort_spsa_steps(forward, numpy_of(start), batches, pool, indices, eps=eps, lr=lr)
+    records, _ = ort_spsa_steps(
+        forward, numpy_of(start), batches, pool, indices, eps=eps, lr=lr, privatize=hook
+    )
+    assert len(seen) == steps and seen[0] == plain[0].grad  # the hook sees the raw first g
+    assert max(abs(r.grad) for r in plain) > clip  # the clip binds
+    assert all(abs(r.grad) <= clip for r in records)
+    bound = float(np.nextafter(np.float32(clip), np.float32(0)))  # the float32 just below C
+    assert [r.grad for r in records] == [
+        float(np.float32(max(min(g, bound), -bound))) for g in seen
+    ]
+
+
 @pytest.mark.integration
 def test_ort_zo_client_replies_like_the_torch_zo_client(bundle, start, monkeypatch):
     from clients.runtimes import ort_lora

@@ -225,6 +225,15 @@ def test_zo_clipping_keeps_the_encoded_value_within_the_bound():
     assert records == (ZoRecord(1, 2.0), ZoRecord(2, -0.5))
 
 
+def test_zo_clipping_stays_within_a_c_that_float32_rounds_up():
+    clip = 1e-3  # float32(1e-3) = 0.0010000000475 > 1e-3: the bound is the float32 below
+    assert float(np.float32(clip)) > clip
+    assert 0 < clip_grad(1.0, clip, None) <= clip and clip_grad(-1.0, clip, None) >= -clip
+    assert all(
+        abs(r.grad) <= clip for r in clip_records([ZoRecord(1, 5.0), ZoRecord(2, -5.0)], clip)
+    )
+
+
 # --- config --------------------------------------------------------------------------------------
 
 
@@ -263,14 +272,15 @@ def test_privacy_is_off_by_default():
         (
             {
                 "federation": {"strategy": "ferret"},
+                "ferret": {"trainable_modules": ["lm_head"]},
                 "privacy": {"mode": "central", "noise_multiplier": 1},
             },
-            "privacy.mode",
+            "ferret.trainable_modules",
         ),
         (
             {
-                "client": {"backend": "ort"},
-                "federation": {"strategy": "zo"},
+                "client": {"backend": "zo"},
+                "federation": {"strategy": "fedit"},
                 "privacy": {"mode": "central", "noise_multiplier": 1},
             },
             "client.backend",
