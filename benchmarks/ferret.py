@@ -22,7 +22,9 @@ Run from the repository root (not a test; prints measured figures side by side):
    ``--smollm2`` SmolLM2-135M's q_proj / v_proj as LoRA rank 8 (460,800 weights) and as full
    weights (13.3 M). The update changes every weight by the same amount (1e-3), so a block's norm
    grows with its size and the largest blocks get all ``K`` seeds (the most expensive case);
-   minimum over repeats (the machine is shared).
+   minimum over repeats (the machine is shared). ``train s`` is a round's local training (the
+   scenario's local steps x one step: 20 for the tiny model, 4 for SmolLM2), the time a round
+   spends anyway, against which ``(project + server) / train`` puts Ferret's extra work.
 """
 
 from __future__ import annotations
@@ -227,36 +229,48 @@ def timing(smollm2: bool, pool_sizes: list[int], smollm2_steps: bool = False) ->
         state = initial_state(client_model(sc, 0)[0], sc.trained_modules)
         return sorted((n, tuple(t.shape)) for n, t in state.items())
 
+    tiny_steps = load_scenario(default).train.local_steps  # a round's local steps
     cases = [
-        ("tiny LoRA (default)", layout_of(ferret), 5, lambda: step_seconds(ferret, default)),
+        (
+            "tiny LoRA (default)",
+            layout_of(ferret),
+            5,
+            tiny_steps,
+            lambda: step_seconds(ferret, default),
+        ),
         (
             "tiny full, all linear",
             layout_of([*ferret, TINY_FULL]),
             5,
+            tiny_steps,
             lambda: step_seconds([*ferret, TINY_FULL], default),
         ),
     ]
     if smollm2:  # the steps load the real model: run them under the SmolLM2 lock
         smol = ROOT / "simulations/smollm2_chatterbot.toml"
+        smol_steps = load_scenario(smol).train.local_steps
         cases += [
             (
                 "SmolLM2 q,v LoRA r8",
                 smollm2_layout(),
                 3,
+                smol_steps,
                 (lambda: step_seconds(ferret, smol)) if smollm2_steps else None,
             ),
             (
                 "SmolLM2 q,v full",
                 smollm2_layout(full=True),
                 3,
+                smol_steps,
                 (lambda: step_seconds([*ferret, SMOL_FULL], smol)) if smollm2_steps else None,
             ),
         ]
     print(
         f"\n{'layout':>22} {'weights':>10} {'K':>5} {'blocks':>6} {'coords':>7} "
-        f"{'project s':>9} {'server s':>8} {'clients':>7} {'step s':>7} {'project/step':>12}"
+        f"{'project s':>9} {'server s':>8} {'clients':>7} {'step s':>7} {'project/step':>12} "
+        f"{'train s':>7} {'(project+server)/train':>22}"
     )
-    for name, layout, clients, step in cases:
+    for name, layout, clients, local_steps, step in cases:
         step_s = step() if step is not None else float("nan")
         numel = sum(int(np.prod(shape)) for _, shape in layout)
         for pool_size in pool_sizes:
@@ -264,7 +278,8 @@ def timing(smollm2: bool, pool_sizes: list[int], smollm2_steps: bool = False) ->
             print(
                 f"{name:>22} {numel:>10} {pool_size:>5} {blocks:>6} {coords:>7} "
                 f"{project_s:9.3f} {server_s:8.3f} {clients:>7} {step_s:7.3f} "
-                f"{project_s / step_s:12.2f}",
+                f"{project_s / step_s:12.2f} {local_steps * step_s:7.2f} "
+                f"{(project_s + server_s) / (local_steps * step_s):22.3f}",
                 flush=True,
             )
 

@@ -228,9 +228,11 @@ class FedIT(FedAvg):
         Never raises for what a reply holds: a bad reply is dropped with a log line naming the
         node, and a round whose aggregation fails keeps the global state, logged with the round.
         """
+        decode_started = time.perf_counter()  # decoding and checks (Ferret: the rebuilds)
         screened = screening.screen_replies(
             server_round, replies, self.sent, self.decode, self.global_factors, self.robust
         )
+        decode_s = time.perf_counter() - decode_started
         self.scenario_holders = (self.scenario_holders | screened.answered) - screened.failed
         updates = screened.updates
         if not screening.has_quorum(server_round, updates, self.min_train_nodes):
@@ -264,6 +266,7 @@ class FedIT(FedAvg):
             for update in updates:
                 self.on_client(server_round, update, self.bytes_down.get(update.node_id, 0))
         metrics["aggregate_s"] = time.perf_counter() - started
+        metrics["decode_s"] = decode_s
         if self.zo_scales.active:
             metrics["zo.int8_scale"] = self.zo_scales.scales[server_round]
         return factors_to_record(factors), self.metric_record(metrics)

@@ -112,3 +112,24 @@ def test_a_full_parameter_ferret_run_writes_the_modules_weights(tmp_path):
         "model.layers.1.mlp.down_proj.weight",
     ]
     assert not (out / "adapter").exists()
+
+
+def test_nodes_get_the_factors_when_they_cost_fewer_bytes_than_the_missed_history(tmp_path):
+    # rank 1 on k_proj: 192 factor weights (768 B); K = 256 puts >= 256 slots (>= 2 kB) in every
+    # round's aggregate, so from round 2 on every sampled node is sent the factors instead
+    rounds, clients = simulate(
+        tmp_path / "factors",
+        "federation.strategy='ferret'",
+        "federation.num_rounds=3",
+        "federation.fraction_train=0.6",
+        "federation.min_train_clients=3",
+        "lora.target_modules=['k_proj']",
+        "lora.rank=1",
+        "ferret.pool_size=256",
+    )
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert all(c["ferret_synced_exact"] == 1.0 for c in clients)  # the node's copy == server's
+    later = [c for c in clients if c["round"] > 1]
+    assert len(later) == 6
+    factor_bytes = 2 * (64 + 32) * 4
+    assert all(factor_bytes <= c["bytes_down"] < 8 * 256 for c in later), later  # not a history
