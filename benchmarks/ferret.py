@@ -58,14 +58,23 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 def reusable(run_dir: Path, wanted: Scenario) -> None:
-    """Raise SystemExit unless ``run_dir`` ran ``wanted``'s scenario (its own strategy aside)."""
+    """Raise SystemExit unless ``run_dir`` ran ``wanted``'s scenario, seed and strategy settings.
+
+    The run's own strategy may differ from ``wanted``'s (a ``fedft compare`` folder's fedit run
+    serves any comparison of the scenario); its strategy's section (``[ferret]``, ``[zo]``,
+    ``[lora_fair]``), if it has one, must equal ``wanted``'s.
+    """
     got = load_scenario(run_dir / "config.toml")
     mine, theirs = wanted.to_dict(), got.to_dict()
     same = all(mine[k] == theirs[k] for k in PAIRED) and got.run.seed == wanted.run.seed
     fed = {k: v for k, v in theirs["federation"].items() if k != "strategy"}
     same = same and fed == {k: v for k, v in mine["federation"].items() if k != "strategy"}
+    own = got.federation.strategy
+    same = same and (own not in theirs or theirs[own] == mine.get(own))
     if not same:
-        raise SystemExit(f"--reuse {run_dir}: not the same scenario and seed as this comparison")
+        raise SystemExit(
+            f"--reuse {run_dir}: not the same scenario, seed and settings as this comparison"
+        )
 
 
 def quality(
@@ -88,6 +97,7 @@ def quality(
 
     given = {run.name: run for run in reuse}
     curves: dict[str, list[list[dict]]] = {s: [] for s in STRATEGIES}
+    table: list[str] = []
     print(
         f"\n{'strategy':>8} {'seed':>4} {'loss 0 -> last':>16} {'drop / fedit':>12} "
         f"{'bytes up':>10} {'/ fedit':>8}  run"
@@ -106,20 +116,42 @@ def quality(
                 run_one(scenario, [*overrides, f"run.name='{name}'"], run_dir, name)
             rows = _rows(run_dir)
             curves[strategy].append([r for r in rows if r["kind"] == "round"])
+            if [r["round"] for r in curves[strategy][-1]] != list(range(rounds + 1)):
+                raise SystemExit(f"{run_dir}: rounds 0-{rounds} not all in its metrics.jsonl")
             losses = [r["eval_loss"] for r in curves[strategy][-1]]
             up = sum(r.get("bytes_up", 0) for r in rows if r["kind"] == "client")
             drop = losses[0] - losses[-1]
             base = base or (drop, up)
+            table.append(table_row(strategy, seed, curves[strategy][-1], base))
             print(
                 f"{strategy:>8} {seed:>4} {losses[0]:7.3f} -> {losses[-1]:6.3f} "
                 f"{drop / base[0]:11.1%} {up:10d} {up / base[1]:8.3%}  {run_dir}"
             )
+    print("\n" + "\n".join([TABLE_HEAD, *table]))
     if plot is not None:
         plot.parent.mkdir(parents=True, exist_ok=True)
         seeds_text = ", ".join(map(str, seeds))
         title = f"{scenario.stem}: fedit vs ferret vs zo, {rounds} rounds, seeds {seeds_text}"
         plot_comparison(curves, plot, title, "fedit")
         print(f"\nplot: {plot}")
+
+
+TABLE_HEAD = (
+    "| strategy | seed | eval loss per round (0, 1, ...) | drop / fedit's | uplink per round (B) "
+    "| uplink, cumulative (B) | / fedit's |\n| --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def table_row(strategy: str, seed: int, rounds: list[dict], base: tuple[float, int]) -> str:
+    """One markdown row: losses per round, drop and cumulative uplink as fractions of fedit's."""
+    losses = [r["eval_loss"] for r in rounds]
+    per_round = [int(r.get("bytes_up", 0)) for r in rounds[1:]]
+    total = sum(per_round)
+    return (
+        f"| {strategy} | {seed} | {' / '.join(f'{x:.3f}' for x in losses)} "
+        f"| {(losses[0] - losses[-1]) / base[0]:.1%} | {' / '.join(f'{b:,}' for b in per_round)} "
+        f"| {total:,} | {total / base[1]:.3%} |"
+    )
 
 
 def best_of(fn, repeats: int = 3) -> float:
