@@ -12,7 +12,7 @@ module             what
 =================  ====================================================================
 ``blocks``         blocks over the trainable tensors (zo order), ``n_b`` per block (exact
                    integer norms), each block's window of seed indices
-``projection``     the batched Rademacher sign matrix (torch, numpy), the projection
+``projection``     the Rademacher signs of many seeds at once (numpy), the projection
                    ``gamma = <Delta_b, v>`` and the combination ``sum c v``, exact on
                    fixed-point grids so torch and numpy agree bit for bit
 ``aggregate``      a client's coordinates, the server's scaled sums per slot ``b K + s``,

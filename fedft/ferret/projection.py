@@ -21,7 +21,7 @@ estimate is dominated by its noise; the MSE-optimal multiple of it is ``n_b / (n
 ``Delta_b`` onto the span of the ``v_j``, whose mean is ``(n_b / d_b) Delta_b``.
 
 Exactness. Both products are computed in float64 on integers (fixed-point grids), where every
-addition is exact whatever the summation order, so BLAS in torch and in numpy give the same bits:
+addition is exact whatever the summation order: any BLAS, torch or numpy callers, the same bits:
 
 * projection: ``q_i = rint(Delta_i 2**S)`` with ``sum_i |q_i| < 2**53``, ``gamma = float32(2**-S
   (V q))`` (one rounding);
@@ -36,7 +36,6 @@ chunks of about ``2**17`` bits: the generator's words are unpacked into 0/1 bits
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -48,18 +47,6 @@ from fedft.zo.rng import HIGH_WORD_SALT, MASK32, MIX_MULTIPLIER, mix32, seed_key
 CHUNK_ELEMENTS = 1 << 17  # sign bits per chunk of the products (1 MiB of float64)
 # row v: the signs 1 - 2 bit_k(v) of byte v, k = 0 (LSB) .. 7, as float64
 _SIGNS_NUMPY = 1.0 - 2.0 * ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.float64)
-_SIGN_TABLES: dict[torch.device, torch.Tensor] = {}
-
-
-def _sign_table(device: torch.device) -> torch.Tensor:
-    if device not in _SIGN_TABLES:
-        _SIGN_TABLES[device] = torch.from_numpy(_SIGNS_NUMPY).to(device)
-    return _SIGN_TABLES[device]
-
-
-def _int32(value: int) -> int:
-    value &= MASK32
-    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def _keys(seeds: Sequence[int], first_word: int) -> tuple[list[int], list[int]]:
@@ -130,29 +117,6 @@ def _bit_chunks(
         octets = _word_hashes(keys, np.arange(base + w, base + min(w + step, words)))
         bits = np.unpackbits(octets, axis=1, bitorder="little")  # (seeds, 32 chunk words)
         yield 32 * w, 32 * w + bits.shape[1], bits.astype(np.float64)
-
-
-def sign_matrix_torch(
-    seeds: Sequence[int], start: int, count: int, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """``V`` of :func:`sign_matrix_numpy` as a float64 tensor (int32 wrap-around arithmetic)."""
-    first_word, lead, words = _check(start, count)
-    k1, k2 = (
-        torch.tensor([_int32(v) for v in k], dtype=torch.int32, device=device)[:, None]
-        for k in _keys(seeds, first_word)
-    )
-    x = torch.arange(words, dtype=torch.int32, device=device)[None, :] + _int32(first_word)
-    x = (x ^ k1) * MIX_MULTIPLIER
-    x = x ^ k2
-    for _ in range(2):
-        x = x ^ ((x >> 16) & 0xFFFF)
-        x = x * MIX_MULTIPLIER
-    x = x ^ ((x >> 16) & 0xFFFF)
-    octets = x.contiguous().view(torch.uint8).reshape(len(seeds), words, 4)
-    if sys.byteorder == "big":
-        octets = octets.flip(2)
-    signs = _sign_table(octets.device)[octets.reshape(len(seeds), 4 * words).long()]
-    return signs.reshape(len(seeds), 32 * words)[:, lead : lead + count]
 
 
 def _padded(q: np.ndarray, start: int, count: int) -> np.ndarray:
