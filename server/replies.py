@@ -91,6 +91,7 @@ class ReplyCodec:
     global_norm: float = 0.0  # ||X|| of the round's global factors
     zo_clients: dict[int, int] = field(default_factory=dict)  # zo client index -> node, this round
     node_starts: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    global_digest: int | None = None  # factors_digest(global_factors), once a round
 
     def start_round(
         self,
@@ -106,6 +107,7 @@ class ReplyCodec:
         self.server_round = server_round
         self.global_factors = global_factors
         self.global_norm = state_norm(global_factors)
+        self.global_digest = None
         self.zo_clients = {}
         self.node_starts = dict(node_starts or {})
 
@@ -269,7 +271,13 @@ class ReplyCodec:
         """1.0 if the client's reported digest equals the server's tensors', else 0.0 (logged)."""
         if key not in metrics:
             return float("nan")
-        exact = math.isfinite(metrics[key]) and int(metrics[key]) == factors_digest(factors)
+        if factors is self.global_factors:  # every synced client reports it: hash it once
+            if self.global_digest is None:
+                self.global_digest = factors_digest(factors)
+            digest = self.global_digest
+        else:
+            digest = factors_digest(factors)
+        exact = math.isfinite(metrics[key]) and int(metrics[key]) == digest
         if not exact:
             log.warning(
                 "round %d: node %d's %s differs from the server's", self.server_round, node, key

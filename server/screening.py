@@ -59,14 +59,6 @@ class Screened:
     failed: frozenset[int]
 
 
-def destination(reply: Message, sent: Sequence[Message]) -> int:
-    """The node an instruction went to; an error reply comes from the SuperLink, not it."""
-    for message in sent:  # message ids are set when the Grid pushes the instructions
-        if message.metadata.message_id == reply.metadata.reply_to_message_id:
-            return message.metadata.dst_node_id
-    return reply.metadata.src_node_id
-
-
 def screen_replies(
     server_round: int,
     replies: Iterable[Message],
@@ -99,13 +91,15 @@ def screen_replies(
         The valid updates and which nodes answered or failed. Never raises for what a reply holds.
     """
     destinations = {m.metadata.dst_node_id for m in sent}
+    sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
     updates: list[ClientUpdate] = []
     answered: set[int] = set()
     failed: set[int] = set()
     for msg in replies:
         node = msg.metadata.src_node_id
         if msg.has_error():
-            node = destination(msg, sent)
+            # An error reply comes from the SuperLink, not the node: the instruction says which.
+            node = sent_to.get(msg.metadata.reply_to_message_id, node)
             failed.add(node)
             log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
             continue

@@ -199,7 +199,9 @@ def factor_products(
 
     ``||dW||^2`` uses the stacked factors ``B_cat = [p_1 B_1 .. p_n B_n]`` (d x nr) and
     ``A_cat = [A_1; ..; A_n]`` (nr x k): ``dW = B_cat A_cat``, ``||dW||^2 = <B_cat^T B_cat,
-    A_cat A_cat^T>``, O((d + k) n^2 r^2) once.
+    A_cat A_cat^T>``, O((d + k) n^2 r^2) once. With many clients (``n r (d + k) > d k``) the
+    dense ``dW = B_cat A_cat`` costs less, O(d k n r), linear in ``n``, and holds no more values
+    than ``A_cat`` or ``B_cat`` (``d k <= n r max(d, k)``): that form is taken then.
 
     Raises
     ------
@@ -219,7 +221,10 @@ def factor_products(
     a_bar = (p @ a_stack.view(n, rank * width)).view(rank, width)  # (r, k)
     b_bar = b_stack.sum(1)  # (d, r)
     m = b_cat @ (a_cat @ a_bar.T)  # (d, n r) @ (n r, r) -> (d, r)
-    ideal_sq = float(torch.vdot((b_cat.T @ b_cat).flatten(), (a_cat @ a_cat.T).flatten()))
+    if n * rank * (height + width) <= height * width:  # the Grams are the cheaper: O((d+k) (nr)^2)
+        ideal_sq = float(torch.vdot((b_cat.T @ b_cat).flatten(), (a_cat @ a_cat.T).flatten()))
+    else:  # many clients: dW itself, O(d k nr), is linear in n and no larger than a stack
+        ideal_sq = float(torch.linalg.matrix_norm(b_cat @ a_cat) ** 2)
     a_norms = torch.linalg.matrix_norm(a_stack)  # (n,)
     b_norms = torch.linalg.matrix_norm(b_stack.transpose(0, 1))  # (n,): p_k ||B_k||
     gram = a_bar @ a_bar.T  # (r, r)

@@ -125,7 +125,18 @@ def test_correction_never_lowers_the_cosine(seed):
     assert fix.objective <= 1 - fix.cos_before
 
 
-@pytest.mark.parametrize(("d", "k", "r", "n"), [(12, 20, 3, 3), (20, 7, 5, 2), (6, 6, 6, 1)])
+# ||dW||^2 from the Grams (n r (d + k) <= d k: the last two) or from dW (the rest: many clients)
+CASES = [
+    (12, 20, 3, 3),
+    (20, 7, 5, 2),
+    (6, 6, 6, 1),
+    (8, 10, 2, 300),
+    (40, 50, 2, 3),
+    (64, 64, 4, 8),
+]
+
+
+@pytest.mark.parametrize(("d", "k", "r", "n"), CASES)
 def test_closed_form_terms_equal_dense_ones(d, k, r, n):
     a_list, b_list, weights = random_clients(d, k, r, n, seed=d + k)
     prod = factor_products(a_list, b_list, weights)
