@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from fedft.config import Scenario
 from fedft.console import mark_simulation_workers, plain_flower_logs, quiet_libraries
 from fedft.errors import Interrupted, SimulationBackendError
+from fedft.flower_inbox import index_inboxes
 from fedft.strategies import MODULE_WEIGHT_FILES
 
 if TYPE_CHECKING:
@@ -59,17 +60,24 @@ def backend_config(scenario: Scenario, num_gpus: int = 0) -> dict:
     """Ray resources: ``simulation.cpus_per_client`` CPUs a client, and a share of the GPUs.
 
     ``num_gpus`` is the number of CUDA GPUs here; see :func:`gpus_per_client` for the share.
+    With ``simulation.ray_address`` set, Ray attaches to that running cluster (``init_args``
+    go to ``ray.init``, which takes no CPU count then: the cluster's nodes have theirs), and
+    Flower starts floor(CPUs / cpus_per_client) client actors on each of its nodes.
     """
     num_cpus = os.cpu_count() or 1
     # Ray makes floor(num_cpus / cpus_per_client) workers: no more than there are clients.
     needed = math.ceil(scenario.federation.num_clients * scenario.simulation.cpus_per_client)
+    address = scenario.simulation.ray_address
+    init_args: dict = (
+        {"address": address} if address else {"num_cpus": max(1, min(num_cpus, needed))}
+    )
     return {
         "client_resources": {
             "num_cpus": scenario.simulation.cpus_per_client,
             "num_gpus": gpus_per_client(scenario, num_gpus, num_cpus),
         },
         "init_args": {
-            "num_cpus": max(1, min(num_cpus, needed)),
+            **init_args,
             "include_dashboard": False,
             "logging_level": "ERROR",
             "log_to_driver": True,
@@ -115,6 +123,7 @@ def simulate(
     mark_simulation_workers(verbose)
     plain_flower_logs(verbose)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    index_inboxes()  # Flower's inbox poller is O(SuperNodes x instructions) without it
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a redirected log
     log.info(
