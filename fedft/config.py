@@ -472,9 +472,17 @@ class SimulationConfig:
     cpus_per_client: float = 1.0
     threads_per_client: int = 1
     gpus_per_client: float | Literal["auto"] = "auto"
+    # "": a Ray instance of this run's own, on this machine. "auto" or "HOST:PORT": attach to a
+    # running Ray cluster (Ray's `address`; docs/scale.md), whose nodes host the client actors.
+    ray_address: str = ""
 
     def __post_init__(self) -> None:
         check(self.cpus_per_client > 0, "simulation.cpus_per_client", "must be > 0")
+        check(
+            not any(c.isspace() for c in self.ray_address),
+            "simulation.ray_address",
+            f'must be "", "auto" or HOST:PORT, got {self.ray_address!r}',
+        )
         check(self.threads_per_client > 0, "simulation.threads_per_client", "must be > 0")
         if self.gpus_per_client != "auto":
             check(

@@ -154,3 +154,19 @@ def test_another_error_from_flower_keeps_its_type_and_the_server_stops(monkeypat
     with pytest.raises(ValueError, match="not the runtime"):
         simulate_mod.simulate(load_scenario(None), tmp_path, make_server_app, "client app")
     assert stop_seen.wait(5)
+
+
+def test_a_ray_address_attaches_instead_of_sizing_a_local_ray(monkeypatch):
+    fake_cuda(monkeypatch, 0)
+    local = resources(monkeypatch, cpus=2)["init_args"]
+    assert local["num_cpus"] == 2 and "address" not in local
+    attached = resources(monkeypatch, cpus=2, overrides=["simulation.ray_address='10.0.0.5:6379'"])
+    # ray.init refuses a CPU count when it connects: the cluster's nodes bring their own
+    assert attached["init_args"]["address"] == "10.0.0.5:6379"
+    assert "num_cpus" not in attached["init_args"]
+    assert attached["client_resources"]["num_cpus"] == 1.0
+
+
+def test_a_ray_address_with_spaces_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="simulation.ray_address"):
+        load_scenario(None, ["simulation.ray_address='host 6379'"])
