@@ -9,20 +9,27 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from fedft.config import Scenario
 from fedft.flower_records import UPDATE_KEY, ZO_REPLY_KEY, factors_to_record
 from fedft.wire.update import encode_update
 
+if TYPE_CHECKING:
+    import torch
+
 
 @dataclass(frozen=True)
 class Reply(ABC):
-    """A round's result: the factors the client ends with and the round's metrics."""
+    """A round's result: the factors the client ends with and the round's metrics.
 
-    factors: dict[str, torch.Tensor]
+    ``factors`` are torch tensors, or numpy arrays on an ONNX Runtime node (same bytes sent).
+    """
+
+    factors: dict[str, torch.Tensor] | dict[str, np.ndarray]
     metrics: dict[str, float]
 
     @abstractmethod

@@ -3,44 +3,73 @@
 In a ``zo`` run the server sends what a node missed: the aggregates of the rounds since it last
 synced (replayed here), or the factors themselves. A node that never synced starts from the
 initial adapter, which every process builds identically (:func:`fedft.models.load_peft_model`).
+
+With ``numpy`` (an ONNX Runtime node) the factors are numpy arrays throughout and no torch is
+imported: the initial adapter is the edge bundle's copy (:meth:`EdgeBundle.initial_factors`), the
+replay :func:`fedft.zo.replay.replay_history_` on numpy arrays (torch's bits).
 """
 
 from __future__ import annotations
 
-import torch
+import importlib.util
+from typing import Any
+
 from flwr.app import ConfigRecord, Context, Message
 
-from clients.runtimes.torch_lora import client_model
 from fedft.config import Scenario
-from fedft.errors import ReplyError
+from fedft.edge.bundle import INITIAL_FACTORS
+from fedft.errors import ConfigError, ReplyError
 from fedft.flower_records import (
     ZO_CHECKPOINT_ROUND_KEY,
     ZO_HISTORY_KEY,
     config_int,
     factors_to_record,
+    record_to_arrays,
     record_to_factors,
 )
 from fedft.wire.order import in_zo_order
 from fedft.wire.zo_history import decode_history
 from fedft.zo.replay import replay_history_
-from fedft.zo.trainable import initial_state
 
 STATE_FACTORS = "fedft-zo-factors"
 STATE_SYNC = "fedft-zo-sync"
 
 
-def synced_factors(scenario: Scenario, context: Context, msg: Message) -> dict[str, torch.Tensor]:
-    """Bring this node's copy of the global factors to the start of the message's round."""
+def _initial_factors(scenario: Scenario, partition_id: int, numpy: bool) -> dict[str, Any]:
+    if numpy:  # the bundle's copy: no torch model on this node
+        if scenario.zo.trainable_modules:
+            raise ConfigError("zo.trainable_modules", "an ort node perturbs LoRA factors only")
+        from clients.runtimes.ort_lora import edge_bundle
+
+        bundle = edge_bundle(scenario)
+        if bundle.file(INITIAL_FACTORS).is_file() or importlib.util.find_spec("torch") is None:
+            return bundle.initial_factors()  # (an older bundle without it: torch's, below)
+    from clients.runtimes.torch_lora import client_model
+    from fedft.zo.trainable import initial_state
+
+    model, _ = client_model(scenario, partition_id)
+    state = initial_state(model, scenario.zo.trainable_modules)
+    return {k: v.numpy() for k, v in state.items()} if numpy else dict(state)
+
+
+def synced_factors(
+    scenario: Scenario, context: Context, msg: Message, numpy: bool = False
+) -> dict[str, Any]:
+    """Bring this node's copy of the global factors to the start of the message's round.
+
+    Torch tensors, or with ``numpy`` float32 numpy arrays (the same values).
+    """
     state, config = context.state, msg.content.config_records["config"]
     server_round = config_int(config, "server-round")
+    unpack = record_to_arrays if numpy else record_to_factors
     if STATE_FACTORS in state.array_records:
-        factors = record_to_factors(state.array_records[STATE_FACTORS])
+        factors = unpack(state.array_records[STATE_FACTORS])
         synced = config_int(state.config_records[STATE_SYNC], "round")
     else:
-        model, _ = client_model(scenario, int(context.node_config["partition-id"]))
-        factors, synced = initial_state(model, scenario.zo.trainable_modules), 0
+        partition_id = int(context.node_config["partition-id"])
+        factors, synced = _initial_factors(scenario, partition_id, numpy), 0
     if "arrays" in msg.content.array_records:
-        factors = record_to_factors(msg.content.array_records["arrays"])
+        factors = unpack(msg.content.array_records["arrays"])
         synced = config_int(config, ZO_CHECKPOINT_ROUND_KEY)
     history = config.get(ZO_HISTORY_KEY, b"")
     if history:

@@ -20,7 +20,6 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -29,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedft.config import Scenario
 from fedft.data import EncodedDataset, Example
+from fedft.eval_result import EvalResult
 
 __all__ = [
     "EvalResult",
@@ -39,22 +39,6 @@ __all__ = [
     "is_instruction_data",
     "local_metrics",
 ]
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Token-level loss, perplexity and exact-match accuracy on a dataset.
-
-    ``accuracy`` is teacher-forced whole-response exact match (every response position's argmax
-    is right: greedy decoding would produce exactly the response); ``token_accuracy`` the share
-    of response tokens whose argmax is right.
-    """
-
-    loss: float
-    perplexity: float
-    accuracy: float
-    examples: int
-    token_accuracy: float = float("nan")
 
 
 @torch.no_grad()

@@ -78,9 +78,15 @@ def batch_seed(scenario: Scenario, server_round: int, partition_id: int) -> int:
 
 
 def encode_partition(
-    scenario: Scenario, partition_id: int, tokenizer: PreTrainedTokenizerBase
+    scenario: Scenario,
+    partition_id: int,
+    tokenizer: PreTrainedTokenizerBase,
+    numpy: bool = False,
 ) -> tuple[EncodedDataset, EncodedDataset]:
-    """A client's train and eval examples as token tensors (any runtime, its own tokenizer)."""
+    """A client's train and eval examples as token tensors (any runtime, its own tokenizer).
+
+    ``numpy``: as int64 numpy arrays (a device without torch), the same values.
+    """
     data, cfg = federated_data(scenario), scenario.data
     if not 0 <= partition_id < len(data.client_train):
         raise ConfigError(
@@ -90,7 +96,12 @@ def encode_partition(
 
     def encode(examples: tuple[Example, ...]) -> EncodedDataset:
         return encode_examples(
-            list(examples), tokenizer, cfg.max_length, template=cfg.template, chat=cfg.chat
+            list(examples),
+            tokenizer,
+            cfg.max_length,
+            template=cfg.template,
+            chat=cfg.chat,
+            numpy=numpy,
         )
 
     return encode(data.client_train[partition_id]), encode(data.client_eval[partition_id])

@@ -85,10 +85,22 @@ def register_runtime(backend: str, steps: Steps) -> Callable[[R], R]:
     return register
 
 
-def load_runtimes() -> dict[tuple[str, Steps], type[ClientRuntime]]:
-    """Every registered runtime, after importing every module of this package."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+def load_runtimes(backend: str | None = None) -> dict[tuple[str, Steps], type[ClientRuntime]]:
+    """Every registered runtime, after importing every module of this package.
+
+    With ``backend``, the modules named ``<backend>_*`` are imported first, and if they register
+    ``backend`` no other is: an ``ort`` node imports ``ort_lora`` and ``ort_zo`` only, so a device
+    without torch (which the torch runtimes import) can run them.
+    """
+    names = [module.name for module in pkgutil.iter_modules(__path__)]
+    if backend is not None:
+        for name in names:
+            if name.startswith(f"{backend}_"):
+                importlib.import_module(f"{__name__}.{name}")
+        if any(b == backend for b, _ in RUNTIMES):
+            return RUNTIMES
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
     return RUNTIMES
 
 
@@ -100,7 +112,9 @@ def runtime_for(backend: str, zo_run: bool) -> ClientRuntime:
     ConfigError
         If no runtime is registered for the backend.
     """
-    runtimes = load_runtimes()
+    runtimes = load_runtimes(backend)
+    if not any(b == backend for b, _ in runtimes):
+        runtimes = load_runtimes()  # every module: the error names every known backend
     known = sorted({b for b, _ in runtimes})
     if backend not in known:
         raise ConfigError(

@@ -5,7 +5,10 @@
 on an edge bundle instead of a torch model. The bundle is the folder named by the environment
 variable ``FEDFT_EDGE_BUNDLE`` (a device given one by ``fedft edge export``; it must match the run's
 configuration), else the cache folder of the configuration, built on first use (simulations).
-Data are encoded with the bundle's own tokenizer: no torch model is loaded here.
+Data are encoded with the bundle's own tokenizer: no torch model is loaded here, and nothing
+here imports torch (factors and batches are numpy arrays; a tensor the app passes in is read as
+one): a device with numpy, onnxruntime-training, tokenizers and flwr runs it
+(``pip install fedft[device]``, docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -13,24 +16,23 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-from transformers import AutoTokenizer
 
 from clients.replies import FactorReply
 from clients.runtimes import ClientRuntime, register_runtime
 from fedft.config import Scenario
 from fedft.data import EncodedDataset
 from fedft.edge.bundle import FORWARD_MODEL, TOKENIZER, EdgeBundle, open_bundle
-from fedft.edge.cache import ensure_bundle
 from fedft.edge.ort_train import train_steps
 from fedft.edge.ort_zo import ForwardModel, evaluate_forward
+from fedft.edge.tokenizer import load_tokenizer
+from fedft.eval_result import EvalResult
 from fedft.schedule import round_lr
 from fedft.task import batch_seed, encode_partition
-from fedft.train import EvalResult
 
 BUNDLE_ENV = "FEDFT_EDGE_BUNDLE"
 
@@ -47,6 +49,8 @@ def edge_bundle(scenario: Scenario) -> EdgeBundle:
     folder = os.environ.get(BUNDLE_ENV)
     if folder:
         return open_bundle(folder, scenario)
+    from fedft.edge.cache import ensure_bundle  # builds with torch: not on a device given one
+
     return ensure_bundle(scenario)
 
 
@@ -58,18 +62,22 @@ def forward_model(path: Path, threads: int) -> ForwardModel:
 
 @functools.cache
 def client_datasets(scenario: Scenario, partition_id: int) -> tuple[EncodedDataset, EncodedDataset]:
-    """The partition's encoded train and eval sets (the bundle's tokenizer), once per process."""
-    tokenizer = AutoTokenizer.from_pretrained(edge_bundle(scenario).file(TOKENIZER))
-    return encode_partition(scenario, partition_id, tokenizer)
+    """The partition's encoded train and eval sets (the bundle's tokenizer), once per process.
+
+    int64 numpy arrays, the values torch clients encode.
+    """
+    tokenizer = load_tokenizer(edge_bundle(scenario).file(TOKENIZER))
+    return encode_partition(scenario, partition_id, tokenizer, numpy=True)
 
 
-def _numpy_batches(batches: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[str, np.ndarray]]:
-    for batch in batches:
-        yield {name: tensor.numpy() for name, tensor in batch.items()}
-
-
-def _numpy_factors(factors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {name: t.detach().to("cpu", torch.float32).numpy() for name, t in factors.items()}
+def numpy_factors(factors: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """float32 numpy copies of factors given as numpy arrays or (CPU or not) torch tensors."""
+    out = {}
+    for name, value in factors.items():
+        if not isinstance(value, np.ndarray):  # a torch tensor: its float32 values on the CPU
+            value = value.detach().cpu().float().numpy()
+        out[name] = np.array(value, dtype=np.float32)
+    return out
 
 
 @register_runtime("ort", "first_order")
@@ -80,7 +88,7 @@ class OrtLora(ClientRuntime):
         self,
         scenario: Scenario,
         partition_id: int,
-        start: Mapping[str, torch.Tensor],
+        start: Mapping[str, Any],
         server_round: int,
         node: int,
     ) -> FactorReply:
@@ -97,7 +105,7 @@ class OrtLora(ClientRuntime):
         batches = train_set.batches(cfg.batch_size, seed=seed, steps=cfg.local_steps)
         lr = round_lr(cfg, server_round, scenario.federation.num_rounds)  # as torch's
         started = time.perf_counter()
-        result = train_steps(bundle, _numpy_factors(start), _numpy_batches(batches), lr, threads)
+        result = train_steps(bundle, numpy_factors(start), batches, lr, threads)
         train_s = time.perf_counter() - started
         steps = len(result.losses)
         metrics = {
@@ -114,17 +122,16 @@ class OrtLora(ClientRuntime):
             model = forward_model(bundle.file(FORWARD_MODEL), threads)
             local = evaluate_forward(model, result.factors, eval_set, cfg.batch_size * 4)
             metrics["local_eval_loss"] = local.loss
-        factors = {name: torch.from_numpy(a) for name, a in result.factors.items()}
-        return FactorReply(factors, metrics)
+        return FactorReply(result.factors, metrics)
 
 
 def evaluate_round(
-    scenario: Scenario, partition_id: int, global_factors: Mapping[str, torch.Tensor]
+    scenario: Scenario, partition_id: int, global_factors: Mapping[str, Any]
 ) -> EvalResult:
     """Evaluate the global factors on the partition's eval split (forward-only graph)."""
     bundle = edge_bundle(scenario)
     _, eval_set = client_datasets(scenario, partition_id)
     model = forward_model(bundle.file(FORWARD_MODEL), scenario.simulation.threads_per_client)
     return evaluate_forward(
-        model, _numpy_factors(global_factors), eval_set, scenario.train.batch_size * 4
+        model, numpy_factors(global_factors), eval_set, scenario.train.batch_size * 4
     )

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-
-import numpy as np
-import torch
+from typing import Any
 
 from clients.privacy import zo_grad
 from clients.replies import ZoReply
 from clients.runtimes import ClientRuntime, register_runtime
-from clients.runtimes.ort_lora import client_datasets, edge_bundle, forward_model
+from clients.runtimes.ort_lora import client_datasets, edge_bundle, forward_model, numpy_factors
 from clients.runtimes.zo_round import plan_round, reply
 from fedft.config import Scenario
 from fedft.edge.bundle import FORWARD_MODEL
@@ -33,7 +31,7 @@ class OrtZo(ClientRuntime):
         self,
         scenario: Scenario,
         partition_id: int,
-        start: Mapping[str, torch.Tensor],
+        start: Mapping[str, Any],
         server_round: int,
         node: int,
     ) -> ZoReply:
@@ -48,22 +46,17 @@ def _train_round_zo(
     scenario: Scenario,
     partition_id: int,
     client: int,
-    start_factors: Mapping[str, torch.Tensor],
+    start_factors: Mapping[str, Any],
     server_round: int,
 ) -> ZoReply:
     zo = scenario.zo
     bundle = edge_bundle(scenario)
     model = forward_model(bundle.file(FORWARD_MODEL), scenario.simulation.threads_per_client)
     train_set, _ = client_datasets(scenario, partition_id)
-    factors = {
-        k: v.detach().cpu().numpy().astype(np.float32, copy=True) for k, v in start_factors.items()
-    }
+    factors = numpy_factors(start_factors)  # copies: start stays the round's start
     plan = plan_round(scenario, partition_id, client, server_round)
-    batches = (
-        {k: v.numpy() for k, v in batch.items()}
-        for batch in train_set.batches(
-            scenario.train.batch_size, seed=plan.batch_seed, steps=zo.local_steps
-        )
+    batches = train_set.batches(
+        scenario.train.batch_size, seed=plan.batch_seed, steps=zo.local_steps
     )
     started = time.perf_counter()
     records, losses = ort_spsa_steps(
@@ -79,5 +72,4 @@ def _train_round_zo(
         privatize=zo_grad(scenario, zo.grad_scale),  # [privacy]: clip (and noise) each g
     )
     train_s = time.perf_counter() - started
-    end_factors = {name: torch.from_numpy(a) for name, a in factors.items()}
-    return reply(plan, records, losses, start_factors, end_factors, len(train_set), train_s)
+    return reply(plan, records, losses, start_factors, factors, len(train_set), train_s)

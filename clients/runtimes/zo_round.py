@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import Any
 
 from clients.replies import ZoReply
 from fedft.config import Scenario
@@ -62,12 +61,15 @@ def reply(
     plan: ZoRound,
     records: Sequence[ZoRecord],
     losses: Sequence[float],
-    start: Mapping[str, torch.Tensor],
-    end: Mapping[str, torch.Tensor],
+    start: Mapping[str, Any],
+    end: Mapping[str, Any],
     num_examples: int,
     train_s: float,
 ) -> ZoReply:
-    """The round's reply: the encoded ``fedft.v1.ZoReply``, ``end`` and the metrics (digests)."""
+    """The round's reply: the encoded ``fedft.v1.ZoReply``, ``end`` and the metrics (digests).
+
+    ``start`` and ``end``: torch tensors, or numpy arrays (an ONNX Runtime node): same digests.
+    """
     zo = plan.scenario.zo
     payload = encode_zo_reply(
         records,

@@ -12,6 +12,10 @@ One encoded row reads ``[bos] prompt-part response eos pad...``:
 Rows longer than ``max_length`` are cut on the right; a row whose response is cut away entirely is
 dropped and counted in :attr:`EncodedDataset.num_dropped`. An exact-match accuracy can be computed
 from ``labels`` alone: a row is correct when every position with ``labels != -100`` is predicted.
+
+Rows are torch tensors, or (``numpy=True``, a device without torch) numpy arrays of the same
+int64 values; the tokenizer is any object with the few methods of a Hugging Face tokenizer used
+here (:class:`fedft.edge.tokenizer.BundleTokenizer` needs only the ``tokenizers`` package).
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ import logging
 import string
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from fedft.data.examples import DataError, Example
+
+if TYPE_CHECKING:  # torch and transformers are imported where used: numpy devices need neither
+    import torch
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 __all__ = [
     "CHAR_SPECIAL_TOKENS",
@@ -52,9 +58,12 @@ _DEFAULT_ALPHABET = "".join(c for c in string.printable if c not in "\t\r\x0b\x0
 class EncodedDataset:
     """Token tensors of encoded examples, all ``torch.long`` of shape ``(N, max_length)``.
 
+    Or int64 numpy arrays (``encode_examples(..., numpy=True)``): the same values, and
+    :meth:`subset` and :meth:`batches` give numpy arrays too.
+
     Attributes
     ----------
-    input_ids, attention_mask, labels : torch.Tensor
+    input_ids, attention_mask, labels : torch.Tensor or numpy.ndarray
         ``(N, L)``; ``labels`` is ``-100`` outside the response and its ``eos``.
     keys : list of str
         :attr:`Example.key` of each row.
@@ -62,11 +71,23 @@ class EncodedDataset:
         Examples left out because truncation removed their whole response.
     """
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
+    input_ids: torch.Tensor | np.ndarray
+    attention_mask: torch.Tensor | np.ndarray
+    labels: torch.Tensor | np.ndarray
     keys: list[str]
     num_dropped: int = 0
+
+    def _rows(self, index: np.ndarray) -> dict[str, Any]:
+        """``input_ids``, ``attention_mask``, ``labels`` at the int64 row ``index``, as stored."""
+        if not isinstance(self.input_ids, np.ndarray):
+            import torch
+
+            index = torch.as_tensor(index)
+        return {
+            "input_ids": self.input_ids[index],
+            "attention_mask": self.attention_mask[index],
+            "labels": self.labels[index],
+        }
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -84,15 +105,10 @@ class EncodedDataset:
         EncodedDataset
             ``num_dropped`` is 0: drops belong to the dataset they were encoded for.
         """
-        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return EncodedDataset(
-            input_ids=self.input_ids[index],
-            attention_mask=self.attention_mask[index],
-            labels=self.labels[index],
-            keys=[self.keys[i] for i in index.tolist()],
-        )
+        index = np.asarray(indices, dtype=np.int64)
+        return EncodedDataset(**self._rows(index), keys=[self.keys[i] for i in index.tolist()])
 
-    def batches(self, batch_size: int, seed: int, steps: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, batch_size: int, seed: int, steps: int) -> Iterator[dict[str, Any]]:
         """Yield exactly ``steps`` batches, cycling through freshly shuffled epochs.
 
         The rows are read as one stream of seeded permutations (epoch after epoch), cut into
@@ -110,7 +126,7 @@ class EncodedDataset:
 
         Yields
         ------
-        dict of str to torch.Tensor
+        dict of str to torch.Tensor (or numpy.ndarray)
             ``input_ids``, ``attention_mask`` and ``labels``, each ``(batch, L)``.
         """
         if batch_size <= 0 or steps < 0:
@@ -123,12 +139,8 @@ class EncodedDataset:
         for _ in range(steps):
             if len(pending) < size:
                 pending = np.concatenate([pending, rng.permutation(len(self))])
-            index, pending = torch.as_tensor(pending[:size]), pending[size:]
-            yield {
-                "input_ids": self.input_ids[index],
-                "attention_mask": self.attention_mask[index],
-                "labels": self.labels[index],
-            }
+            index, pending = pending[:size], pending[size:]
+            yield self._rows(index)
 
 
 def char_tokenizer(alphabet: str | None = None) -> PreTrainedTokenizerFast:
@@ -147,6 +159,9 @@ def char_tokenizer(alphabet: str | None = None) -> PreTrainedTokenizerFast:
         tokens by itself, round-trips with ``save_pretrained`` and
         ``AutoTokenizer.from_pretrained``, and ``decode`` joins characters without spaces.
     """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     chars = list(dict.fromkeys(_DEFAULT_ALPHABET if alphabet is None else alphabet))
     if not chars:
         raise ValueError("alphabet must hold at least one character")
@@ -219,6 +234,7 @@ def encode_examples(
     max_length: int,
     template: str = "{prompt}\n",
     chat: bool = False,
+    numpy: bool = False,
 ) -> EncodedDataset:
     """Tokenize, label, pad and truncate examples into an :class:`EncodedDataset`.
 
@@ -234,6 +250,8 @@ def encode_examples(
         Format string with a ``{prompt}`` field for the prompt part.
     chat : bool
         Use the tokenizer's chat template for the prompt part (see :func:`encode_prompt`).
+    numpy : bool
+        Hold the rows as int64 numpy arrays instead of torch tensors (a device without torch).
 
     Returns
     -------
@@ -270,7 +288,7 @@ def encode_examples(
             f"all {dropped} examples were truncated away: `data.max_length` = {max_length} "
             "leaves no room for any response"
         )
-    return _pad(rows, keys, max_length, pad, dropped)
+    return _pad(rows, keys, max_length, pad, dropped, numpy)
 
 
 def _eos_and_pad(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
@@ -291,13 +309,23 @@ def _format(template: str, prompt: str) -> str:
 
 
 def _pad(
-    rows: list[tuple[list[int], list[int]]], keys: list[str], length: int, pad: int, dropped: int
+    rows: list[tuple[list[int], list[int]]],
+    keys: list[str],
+    length: int,
+    pad: int,
+    dropped: int,
+    numpy: bool = False,
 ) -> EncodedDataset:
-    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    input_ids = np.full((len(rows), length), pad, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), length), dtype=np.int64)
+    labels = np.full((len(rows), length), IGNORE_INDEX, dtype=np.int64)
     for i, (ids, row_labels) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        input_ids[i, : len(ids)] = ids
         attention_mask[i, : len(ids)] = 1
-        labels[i, : len(ids)] = torch.tensor(row_labels, dtype=torch.long)
-    return EncodedDataset(input_ids, attention_mask, labels, keys, dropped)
+        labels[i, : len(ids)] = row_labels
+    if numpy:
+        return EncodedDataset(input_ids, attention_mask, labels, keys, dropped)
+    import torch
+
+    tensors = [torch.from_numpy(a) for a in (input_ids, attention_mask, labels)]
+    return EncodedDataset(*tensors, keys, dropped)

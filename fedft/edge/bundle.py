@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedft.config import Scenario
 from fedft.edge.errors import BundleMismatchError, EdgeError
 from fedft.schema import to_dict
@@ -31,6 +33,9 @@ OPTIMIZER_MODEL = "optimizer_model.onnx"
 CHECKPOINT = "checkpoint"
 FORWARD_MODEL = "forward_model.onnx"
 TOKENIZER = "tokenizer"
+# round 0's LoRA factors (fedft.models.initial_factors) as numpy arrays: what a zo node without
+# torch replays from (bundles built before it was added lack it; torch nodes never read it)
+INITIAL_FACTORS = "initial_factors.npz"
 # torch.optim.AdamW's defaults, which fedft.train.train_local uses; baked into the optimizer graph.
 ADAMW_BETAS = (0.9, 0.999)
 ADAMW_EPS = 1e-8
@@ -122,6 +127,29 @@ class EdgeBundle:
     def file(self, name: str) -> Path:
         """Path of one of the bundle's files (``TRAINING_MODEL``, ``FORWARD_MODEL``, ...)."""
         return self.path / name
+
+    def initial_factors(self) -> dict[str, np.ndarray]:
+        """Round 0's LoRA factors (float32, by name) as every process builds them.
+
+        Raises
+        ------
+        EdgeError
+            If the bundle has no ``initial_factors.npz`` (built before fedft wrote it), or it
+            does not hold exactly the bundle's factors.
+        """
+        path = self.file(INITIAL_FACTORS)
+        if not path.is_file():
+            raise EdgeError(
+                f"edge bundle {self.path} has no {INITIAL_FACTORS} (a zo device without torch "
+                "starts from it): rebuild it with `fedft edge export --scenario ...`"
+            )
+        with np.load(path, allow_pickle=False) as stored:
+            factors = {name: np.array(stored[name], dtype=np.float32) for name in stored.files}
+        layout = dict(self.factor_layout)
+        shapes = {name: tuple(a.shape) for name, a in factors.items()}
+        if shapes != layout:
+            raise EdgeError(f"{path}: the factors are not the bundle's ({len(shapes)} tensors)")
+        return factors
 
     def size_bytes(self) -> int:
         """Bytes on disk of every file in the bundle."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import sys
 from types import ModuleType
 
@@ -48,3 +50,39 @@ def training_runtime() -> ModuleType:
             "instead of plain onnxruntime; devices without it can use the forward-only zo path"
         ) from None
     return onnxruntime.training
+
+
+def training_api() -> ModuleType:
+    """``onnxruntime.training.api`` (CheckpointState, Module, Optimizer): what a device trains with.
+
+    onnxruntime-training 1.19.2's ``onnxruntime/training/__init__.py`` imports its torch helpers
+    (``optim``, ``amp``), so on a device without torch the package cannot be imported, although
+    ``api`` itself needs only ONNX Runtime's C++ core. Without torch, ``api`` is loaded under an
+    empty ``onnxruntime.training`` package (the same files; the package's own ``__init__``, which
+    serves exporting bundles and torch training, is skipped). With torch, this is the plain import.
+
+    Raises
+    ------
+    TrainingRuntimeMissingError
+        If neither import works (plain onnxruntime, or no wheel for this Python).
+    """
+    try:
+        return importlib.import_module("onnxruntime.training.api")
+    except ModuleNotFoundError as err:
+        if err.name != "torch" or "onnxruntime.training" in sys.modules:
+            training_runtime()  # the one-line error saying what to install
+            raise
+    spec = importlib.util.find_spec("onnxruntime.training")
+    if spec is None or not spec.submodule_search_locations:
+        training_runtime()
+        raise TrainingRuntimeMissingError("onnxruntime.training is not installed")
+    package = ModuleType("onnxruntime.training")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__spec__ = spec
+    sys.modules["onnxruntime.training"] = package  # api's own imports find it here
+    try:
+        return importlib.import_module("onnxruntime.training.api")
+    except ImportError:
+        del sys.modules["onnxruntime.training"]
+        training_runtime()
+        raise

@@ -19,6 +19,8 @@ The steps, each forced by onnxruntime-training 1.19.2 or the legacy exporter:
    ``adam_mode = 0``, torch.optim.AdamW's update, which the torch client uses, and its IR version
    is lowered from 14 to 10 (:func:`fedft.edge.graph.cap_ir_version`).
 4. A forward-only graph: the same export, loss added, LoRA factors turned into graph inputs.
+5. ``initial_factors.npz``: round 0's factors as the server builds them (the checkpoint's are
+   another draw), from which a zo device without torch starts (:meth:`EdgeBundle.initial_factors`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from peft import PeftModel
@@ -48,6 +51,7 @@ from fedft.edge.bundle import (
     ADAMW_EPS,
     EVAL_MODEL,
     FORWARD_MODEL,
+    INITIAL_FACTORS,
     MANIFEST,
     OPTIMIZER_MODEL,
     TOKENIZER,
@@ -65,7 +69,7 @@ from fedft.edge.graph import (
     factors_as_inputs,
     rename_values,
 )
-from fedft.models import load_base, resolve_gguf, wrap_lora
+from fedft.models import initial_factors, load_base, load_peft_model, resolve_gguf, wrap_lora
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +265,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _write_initial_factors(scenario: Scenario, path: Path) -> None:
+    """Round 0's factors, as the server and torch clients build them, for torch-free zo devices."""
+    # __wrapped__: the uncached builder, so the exporting process keeps no second model
+    model, _ = load_peft_model.__wrapped__(scenario.model, scenario.lora, scenario.run.seed)
+    factors = {name: t.numpy() for name, t in initial_factors(model).items()}
+    with path.open("wb") as file:
+        np.savez(file, **factors)
+
+
 def _build_into(scenario: Scenario, out: Path, protobuf_limit: int) -> None:
     model_cfg = dataclasses.replace(scenario.model, dtype="float32")  # ORT CPU trains in fp32
     if scenario.lora.dropout > 0:
@@ -284,6 +297,7 @@ def _build_into(scenario: Scenario, out: Path, protobuf_limit: int) -> None:
     onnx.save(_forward_model(exported, trainable), out / FORWARD_MODEL)
     _write_artifacts(exported, trainable, frozen, out, scenario)
     tokenizer.save_pretrained(out / TOKENIZER)
+    _write_initial_factors(scenario, out / INITIAL_FACTORS)
     config = bundle_config(scenario)
     manifest: dict[str, Any] = {
         "format": config["format"],

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedft.edge.bundle import CHECKPOINT, OPTIMIZER_MODEL, TRAINING_MODEL, EdgeBundle
-from fedft.edge.errors import EdgeError, training_runtime
+from fedft.edge.errors import EdgeError, training_api
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -83,7 +83,7 @@ class OrtTrainer:
         self, bundle: EdgeBundle, factors: Mapping[str, np.ndarray], lr: float, threads: int = 1
     ) -> None:
         check_factors(bundle, factors, "factors")
-        api = training_runtime().api
+        api = training_api()
         self.bundle = bundle
         self.state = api.CheckpointState.load_checkpoint(bundle.file(CHECKPOINT))
         # no eval graph: evaluation runs the forward-only graph (fedft.edge.ort_zo), and

@@ -18,7 +18,7 @@ import numpy as np
 
 from fedft.data.encode import IGNORE_INDEX, EncodedDataset
 from fedft.edge.errors import EdgeError
-from fedft.train import EvalResult
+from fedft.eval_result import EvalResult
 from fedft.wire.order import in_zo_order
 from fedft.zo.seeds import ZoError, ZoRecord
 from fedft.zo.step import spsa_multi_step_numpy_
@@ -166,10 +166,10 @@ def evaluate_forward(
     loss_sum, token_count, exact = 0.0, 0, 0
     for start in range(0, len(dataset), batch_size):
         rows = slice(start, start + batch_size)
-        batch = {
-            "input_ids": dataset.input_ids[rows].numpy(),
-            "attention_mask": dataset.attention_mask[rows].numpy(),
-            "labels": dataset.labels[rows].numpy(),
+        batch = {  # np.asarray: numpy rows as they are, torch rows as numpy views
+            "input_ids": np.asarray(dataset.input_ids[rows]),
+            "attention_mask": np.asarray(dataset.attention_mask[rows]),
+            "labels": np.asarray(dataset.labels[rows]),
         }
         targets = batch["labels"][:, 1:]  # (batch, L-1): position t predicts token t+1
         valid = targets != IGNORE_INDEX
