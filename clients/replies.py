@@ -9,17 +9,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
-import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from fedft.config import Scenario
 from fedft.flower_records import UPDATE_KEY, ZO_REPLY_KEY, factors_to_record
 from fedft.wire.update import encode_update
-
-if TYPE_CHECKING:
-    import torch
 
 
 @dataclass(frozen=True)
@@ -29,7 +25,7 @@ class Reply(ABC):
     ``factors`` are torch tensors, or numpy arrays on an ONNX Runtime node (same bytes sent).
     """
 
-    factors: dict[str, torch.Tensor] | dict[str, np.ndarray]
+    factors: dict[str, Any]  # torch.Tensor, or numpy.ndarray
     metrics: dict[str, float]
 
     @abstractmethod

@@ -62,6 +62,7 @@ def synced_factors(
     state, config = context.state, msg.content.config_records["config"]
     server_round = config_int(config, "server-round")
     unpack = record_to_arrays if numpy else record_to_factors
+    factors: dict[str, Any]
     if STATE_FACTORS in state.array_records:
         factors = unpack(state.array_records[STATE_FACTORS])
         synced = config_int(state.config_records[STATE_SYNC], "round")

@@ -31,7 +31,6 @@ import numpy as np
 from fedft.data.examples import DataError, Example
 
 if TYPE_CHECKING:  # torch and transformers are imported where used: numpy devices need neither
-    import torch
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 __all__ = [
@@ -71,22 +70,23 @@ class EncodedDataset:
         Examples left out because truncation removed their whole response.
     """
 
-    input_ids: torch.Tensor | np.ndarray
-    attention_mask: torch.Tensor | np.ndarray
-    labels: torch.Tensor | np.ndarray
+    input_ids: Any  # torch.Tensor, or numpy.ndarray (numpy=True); Any: both index alike
+    attention_mask: Any
+    labels: Any
     keys: list[str]
     num_dropped: int = 0
 
     def _rows(self, index: np.ndarray) -> dict[str, Any]:
         """``input_ids``, ``attention_mask``, ``labels`` at the int64 row ``index``, as stored."""
+        rows: Any = index
         if not isinstance(self.input_ids, np.ndarray):
             import torch
 
-            index = torch.as_tensor(index)
+            rows = torch.as_tensor(index)
         return {
-            "input_ids": self.input_ids[index],
-            "attention_mask": self.attention_mask[index],
-            "labels": self.labels[index],
+            "input_ids": self.input_ids[rows],
+            "attention_mask": self.attention_mask[rows],
+            "labels": self.labels[rows],
         }
 
     def __len__(self) -> int:
@@ -327,5 +327,7 @@ def _pad(
         return EncodedDataset(input_ids, attention_mask, labels, keys, dropped)
     import torch
 
-    tensors = [torch.from_numpy(a) for a in (input_ids, attention_mask, labels)]
-    return EncodedDataset(*tensors, keys, dropped)
+    as_tensor = torch.from_numpy
+    return EncodedDataset(
+        as_tensor(input_ids), as_tensor(attention_mask), as_tensor(labels), keys, dropped
+    )

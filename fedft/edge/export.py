@@ -271,7 +271,7 @@ def _write_initial_factors(scenario: Scenario, path: Path) -> None:
     model, _ = load_peft_model.__wrapped__(scenario.model, scenario.lora, scenario.run.seed)
     factors = {name: t.numpy() for name, t in initial_factors(model).items()}
     with path.open("wb") as file:
-        np.savez(file, **factors)
+        np.savez(file, **factors)  # type: ignore[arg-type]  # (numpy types **kwds as bool)
 
 
 def _build_into(scenario: Scenario, out: Path, protobuf_limit: int) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -341,7 +341,7 @@ def perturbation_numpy(seed: int, layout: Layout) -> dict[str, np.ndarray]:
     }
 
 
-def _check_tensor(index: int, t: torch.Tensor | np.ndarray) -> None:
+def _check_tensor(index: int, t: Any) -> None:  # a torch.Tensor or a numpy array
     numpy = isinstance(t, np.ndarray)
     contiguous = t.flags.c_contiguous if numpy else t.is_contiguous()
     floating = t.dtype.kind == "f" if numpy else t.is_floating_point()
