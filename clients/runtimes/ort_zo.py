@@ -10,10 +10,9 @@ equal the torch client's up to float32 rounding of the losses (``tests/unit/test
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from clients.privacy import zo_grad
 from clients.replies import ZoReply
 from clients.runtimes import ClientRuntime, register_runtime
 from clients.runtimes.ort_lora import client_datasets, edge_bundle, forward_model, numpy_factors
@@ -40,6 +39,15 @@ class OrtZo(ClientRuntime):
         The reply's metrics are :class:`~clients.runtimes.torch_zo.TorchZo`'s.
         """
         return _train_round_zo(scenario, partition_id, node, start, server_round)
+
+
+def _privatize(scenario: Scenario) -> Callable[[float], float] | None:
+    """:func:`clients.privacy.zo_grad` (torch), imported only when ``[privacy]`` is on."""
+    if not scenario.privacy.enabled:
+        return None
+    from clients.privacy import zo_grad
+
+    return zo_grad(scenario, scenario.zo.grad_scale)
 
 
 def _train_round_zo(
@@ -69,7 +77,7 @@ def _train_round_zo(
         lr=zo.lr,
         grad_scale=zo.grad_scale,
         rounding=zo.grad_rounding,
-        privatize=zo_grad(scenario, zo.grad_scale),  # [privacy]: clip (and noise) each g
+        privatize=_privatize(scenario),  # [privacy]: clip (and noise) each g
     )
     train_s = time.perf_counter() - started
     return reply(plan, records, losses, start_factors, factors, len(train_set), train_s)
