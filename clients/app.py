@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Literal
 
 from flwr.app import Context, Message, MetricRecord, MetricRecordValues, RecordDict
@@ -95,7 +96,12 @@ def _torch_factors(reply: Reply) -> Reply:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the round on this node's partition with its runtime; reply with the update."""
+    """Train the round on this node's partition with its runtime; reply with the update.
+
+    The reply's ``app_s`` is the seconds spent in here (set-up, sync, training, local eval,
+    encoding): beside the server's wall time it tells the client's work from Flower's and Ray's.
+    """
+    started = time.perf_counter()
     scenario, partition_id = _setup(msg, context)
     server_round = config_int(msg.content.config_records["config"], "server-round")
     node = int(context.node_config["partition-id"])  # unique per node, even on own data
@@ -135,7 +141,9 @@ def train(msg: Message, context: Context) -> Message:
         from clients.privacy import private_factors
 
         reply = private_factors(reply, scenario, start)
-    return Message(content=reply.content(scenario, partition_id), reply_to=msg)
+    content = reply.content(scenario, partition_id)
+    content["metrics"]["app_s"] = time.perf_counter() - started
+    return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()

@@ -1,0 +1,200 @@
+"""Federations of the size papers run, on this machine: wall time per round and what it is spent on.
+
+Run from the repository root (not a test; one simulation at a time, each in a fresh driver
+process; on 2 cores zo100 takes ~3 minutes, fo100 ~4, zo1000 ~15-25):
+
+    .venv/bin/python benchmarks/scale_rounds.py zo100 fo100 zo1000 [--results FILE]
+
+Each run is ``simulations/default.toml`` (tiny model, IID) for 3 rounds, every client training
+every round, with per-client compute kept small so that the framework's part shows:
+
+- ``zoN``: ``federation.strategy = "zo"``, N clients, 4 zo steps each, a pool of 64 seeds (a
+  client's catch-up replays at most 64 seeds a round), 3,000 examples (>= 2 a client);
+- ``fo100``: FedIT (first-order LoRA, factors up and down), 100 clients, 4 local steps.
+
+Per round, from ``metrics.jsonl``: ``wall_s`` (end of the previous global eval to the end of this
+one), the server's ``aggregate_s`` (decode, screen, aggregate) and ``eval_s`` (global eval), each
+client's ``app_s`` (seconds inside the ClientApp's train handler: set-up, zo catch-up, training,
+local eval, encoding) and ``train_s`` (inside the local training loop). With N client actors
+(floor(CPUs / cpus_per_client)),
+
+    client = sum(app_s) / N,   server = aggregate_s + eval_s,
+    framework = wall - client - server   (Flower's and Ray's: instructions through the link state,
+                                          Ray dispatch, (de)serialisation, fedft's record glue),
+    share = framework / wall.
+
+``sum / N`` assumes the N actors are evenly busy, so the framework figure is an upper bound.
+Memory: a sampler reads the RSS of the driver and of every descendant (Ray daemons, workers, the
+ClientAppActors) every 0.2 s (PSS every second), as ``benchmarks/simulation_overhead.py`` does.
+Results are appended to ``--results`` (JSON lines), and all runs in it are printed as tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from simulation_overhead import MB, available_memory, run_in_child, table
+
+BASE = ["partition.method='iid'", "federation.num_rounds=3", "data.global_eval_size=32"]
+RUNS = {
+    "zo100": [
+        *BASE,
+        "federation.strategy='zo'",
+        "federation.num_clients=100",
+        "zo.local_steps=4",
+        "zo.pool_size=64",
+        "data.num_examples=3000",
+    ],
+    "zo1000": [
+        *BASE,
+        "federation.strategy='zo'",
+        "federation.num_clients=1000",
+        "zo.local_steps=4",
+        "zo.pool_size=64",
+        "data.num_examples=3000",
+    ],
+    "fo100": [*BASE, "federation.strategy='fedit'", "federation.num_clients=100"]
+    + ["train.local_steps=4"],
+}
+
+
+def measure(label: str, work: Path) -> dict:
+    """Run one configuration in a fresh driver; its per-round times and peak memory."""
+    load0 = os.getloadavg()[0]
+    run = run_in_child(label, RUNS[label], work)
+    rounds = []
+    for r in run.rounds:
+        if r["round"] == 0:
+            continue
+        clients = [c for c in run.clients if c["round"] == r["round"]]
+        app = sum(c.get("app_s", 0.0) for c in clients) / run.actors
+        train = sum(c["train_s"] for c in clients) / run.actors
+        server = r.get("aggregate_s", 0.0) + r["eval_s"]
+        rounds.append(
+            {
+                "round": r["round"],
+                "clients": len(clients),
+                "wall": r["wall_s"],
+                "client": app,
+                "train": train,
+                "aggregate": r.get("aggregate_s", 0.0),
+                "eval": r["eval_s"],
+                "framework": r["wall_s"] - app - server,
+            }
+        )
+    mem = run.mem
+    actor = mem.peak_of("actor")
+    return {
+        "label": label,
+        "overrides": RUNS[label],
+        "actors": run.actors,
+        "actors_seen": mem.count("actor"),
+        "total_s": run.total_s,
+        "startup_s": run.startup_s,
+        "rounds": rounds,
+        "load": [load0, os.getloadavg()[0]],
+        "mem": {
+            "driver_rss": mem.groups["driver"].rss,
+            "actor_rss": actor.rss,
+            "actor_uss": actor.uss,
+            "ray_rss": mem.groups["ray"].rss,
+            "all_pss": mem.groups["all"].pss,
+            "all_rss": mem.groups["all"].rss,
+        },
+    }
+
+
+def report(results: list[dict]) -> None:
+    header = ["run: round", "clients", "wall s", "client s", "(train s)", "server s"]
+    header += ["framework s", "share"]
+    rows = []
+    for res in results:
+        steady = [r for r in res["rounds"] if r["round"] >= 2]
+        for r in res["rounds"]:
+            rows.append(
+                [
+                    f"{res['label']}: {r['round']}",
+                    str(r["clients"]),
+                    f"{r['wall']:.1f}",
+                    f"{r['client']:.1f}",
+                    f"{r['train']:.1f}",
+                    f"{r['aggregate'] + r['eval']:.2f}",
+                    f"{r['framework']:.1f}",
+                    f"{r['framework'] / r['wall']:.0%}",
+                ]
+            )
+        if steady:
+            wall = sum(r["wall"] for r in steady)
+            frame = sum(r["framework"] for r in steady)
+            rows.append(
+                [
+                    f"{res['label']}: steady (2-{steady[-1]['round']})",
+                    "",
+                    f"{wall / len(steady):.1f}",
+                ]
+                + ["", "", "", f"{frame / len(steady):.1f}", f"{frame / wall:.0%}"]
+            )
+    print(table(header, rows))
+    print()
+    mrows = []
+    for res in results:
+        m = res["mem"]
+        clients = res["rounds"][0]["clients"] if res["rounds"] else 0
+        mrows.append(
+            [
+                res["label"],
+                str(clients),
+                f"{m['driver_rss'] / MB:,.0f}",
+                f"{m['driver_rss'] / max(clients, 1) / 1024:,.0f}",
+                f"{res['actors_seen']} x {m['actor_rss'] / MB:,.0f}",
+                f"{m['ray_rss'] / MB:,.0f}",
+                f"{m['all_pss'] / MB:,.0f}",
+                f"{res['total_s']:.0f}",
+                f"{res['load'][0]:.0f}-{res['load'][1]:.0f}",
+            ]
+        )
+    print(
+        table(
+            ["PEAK MEMORY (MB)", "clients", "driver RSS", "kB/client", "actors RSS"]
+            + ["Ray daemons", "all PSS", "run s", "load"],
+            mrows,
+        )
+    )
+    by_label = {r["label"]: r for r in results}
+    if "zo100" in by_label and "zo1000" in by_label:
+        small, large = by_label["zo100"]["mem"], by_label["zo1000"]["mem"]
+        growth = (large["driver_rss"] - small["driver_rss"]) / 900
+        actor = (large["actor_rss"] - small["actor_rss"]) / 900
+        print(
+            f"\nper extra virtual client (zo100 -> zo1000): driver +{growth / 1024:.0f} kB RSS, "
+            f"each actor +{actor / 1024:.1f} kB RSS (the model is loaded once per actor)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="*", choices=list(RUNS))
+    parser.add_argument("--results", type=Path, default=Path("scale_rounds.jsonl"))
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs, {available_memory() / 1e9:.1f} GB available", file=sys.stderr)
+    for label in args.runs:
+        with tempfile.TemporaryDirectory(prefix="fedft-scale-") as tmp:
+            started = time.monotonic()
+            res = measure(label, Path(tmp))
+            print(f"[{label}] {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        with args.results.open("a") as f:
+            f.write(json.dumps(res) + "\n")
+    if args.results.is_file():
+        report([json.loads(line) for line in args.results.read_text().splitlines() if line])
+
+
+if __name__ == "__main__":
+    main()
