@@ -445,7 +445,8 @@ def poller_cost(nodes: int = 400, calls: int = 20) -> tuple[float, float] | None
     that node. Instructions stay stored until the server pulls their replies, so a sweep costs
     about ``nodes * (a + in_flight * b)``. Measured on Flower 1.39's own ``InMemoryLinkState``,
     set up as ``run_simulation`` sets it up (no Ray), with ``nodes`` SuperNodes and 0 or ``nodes``
-    delivered instructions; ``None`` if these internals moved.
+    delivered instructions; ``None`` if these internals moved. This is Flower's own lookup;
+    ``fedft simulate`` replaces it by an index (:mod:`fedft.flower_inbox`, ``docs/scale.md``).
     """
     try:
         from flwr.app import ConfigRecord, Message, RecordDict
@@ -453,13 +454,21 @@ def poller_cost(nodes: int = 400, calls: int = 20) -> tuple[float, float] | None
         from flwr.proto.task_pb2 import Task
         from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
         from flwr.server.superlink.linkstate import LinkStateFactory
-        from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+        from flwr.server.superlink.linkstate.in_memory_linkstate import (
+            InMemoryLinkState,
+            RunRecord,
+        )
         from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
         from flwr.supercore.object_store import ObjectStoreFactory
         from flwr.supercore.run import Run as FlwrRun
         from flwr.supercore.task_identity import TaskIdentity
         from flwr.superlink.federation import NoOpFederationManager
         from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+        from fedft.flower_inbox import FLOWER_METHODS
+
+        # Flower's own walk, even after `fedft simulate` indexed the inboxes in this process
+        flower_get = FLOWER_METHODS.get("get_message_ins", InMemoryLinkState.get_message_ins)
 
         def per_call(in_flight: int) -> float:
             factory = LinkStateFactory(
@@ -478,10 +487,10 @@ def poller_cost(nodes: int = 400, calls: int = 20) -> tuple[float, float] | None
             content = RecordDict({"config": ConfigRecord({"server-round": 1})})
             grid.push_messages([Message(content, n, "train") for n in node_ids[:in_flight]])
             for n in node_ids:  # deliver them all: now they wait for replies, as in a round
-                state.get_message_ins(node_id=n, limit=1)
+                flower_get(state, node_id=n, limit=1)
             started = time.perf_counter()
             for n in node_ids[:calls]:
-                state.get_message_ins(node_id=n, limit=1)
+                flower_get(state, node_id=n, limit=1)
             return (time.perf_counter() - started) / calls
 
         base = min(per_call(0) for _ in range(3))
