@@ -95,6 +95,32 @@ def test_fedit_central_divides_by_the_sampled_clients_not_the_replies():
         torch.testing.assert_close(new[k], GLOBAL[k] + delta[k] / 2, rtol=0, atol=1e-6)
 
 
+def test_fedit_central_noise_is_sigma_c_over_m_on_a_and_b_whatever_the_claimed_examples():
+    """Pins the noise scale of a real strategy's round (issue 18: fedit at epsilon 8 diverged).
+
+    Zero updates, 4 sampled clients claiming 1 to 1000 examples: the new factors minus the old
+    are the central noise over ``m``, ``N(0, (sigma C / m)^2)`` on every A and B entry alike (not
+    ``sigma C``, not scaled by the examples). Chi-square statistic over 5120 entries per factor
+    kind, |z| < 4.5: a false failure has probability ~7e-6 per kind (fixed seed: never flaky).
+    """
+    sigma, clip, m = 2.0, 0.5, 4
+    settings = privacy(clip=clip, sigma=sigma)
+    settings.torch_rng = torch.Generator().manual_seed(0)
+    noise = {"A": [], "B": []}
+    for _ in range(40):
+        strategy = with_privacy("fedit", settings)
+        replies = [array_reply(n, GLOBAL, examples=e) for n, e in ((1, 1), (2, 10), (3, 1000))]
+        new, _ = round_with(strategy, replies, nodes=[1, 2, 3, 4])  # node 4 sampled, silent
+        for k in GLOBAL:
+            noise[k[-8]].append((new[k] - GLOBAL[k]).double().flatten())
+    for kind, parts in noise.items():
+        x = torch.cat(parts).numpy()
+        assert x.size == 5120, kind
+        z = (x.var() / (sigma * clip / m) ** 2 - 1) / np.sqrt(2 / x.size)
+        assert abs(z) < 4.5, (kind, x.std())
+        assert abs(x.mean()) < 4.5 * sigma * clip / m / np.sqrt(x.size), kind
+
+
 def test_lora_fair_local_runs_on_the_noised_replies_with_equal_weights():
     strategy = with_privacy("lora_fair", privacy("lora_fair", mode="local", sigma=1.0))
     states = [moved(k) for k in (1, 2, 3)]
