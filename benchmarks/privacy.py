@@ -14,7 +14,10 @@ the median of the non-private run's round-1 update norms for fedit (``update_nor
 Choosing the clip from a non-private run is itself a data-dependent choice that the epsilon does
 not cover (the usual caveat of DP tuning). Columns: final global eval loss and its change
 against the non-private run, the epsilon spent, the noise multiplier, uplink bytes per client
-and round.
+and round. ``--clients 5,50,200`` sweeps the clients per round (``federation.num_clients``, iid
+partition, every client every round), each count with its own non-private run: with client-level
+DP the noise on the mean is ``sigma C / m`` per coordinate, so utility at a fixed epsilon is a
+function of ``m``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ def summary(rows: list[dict]) -> dict:
         "sigma": rounds[-1].get("privacy.noise_multiplier"),
         "bytes_up": statistics.mean(c["bytes_up"] for c in clients),
         "norms": [c["update_norm"] for c in clients if c["round"] == 1 and "update_norm" in c],
+        "clients": sum(1 for c in clients if c["round"] == 1),
     }
 
 
@@ -62,20 +66,30 @@ def main() -> None:
     parser.add_argument("--strategies", default="fedit,zo")
     parser.add_argument("--epsilons", default="8,3,1")
     parser.add_argument("--zo-clip", type=float, default=8.0)
+    parser.add_argument(
+        "--clients",
+        default="",
+        help="clients per round to sweep, e.g. 5,50,200 (iid partition, every client every round)",
+    )
     parser.add_argument("--set", action="append", default=[], help="extra scenario overrides")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [
-        "| strategy | target epsilon | clip | noise multiplier | epsilon spent | final eval loss "
-        "| vs off | bytes up / client-round |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| strategy | clients / round | target epsilon | clip | noise multiplier | epsilon spent "
+        "| final eval loss | vs off | bytes up / client-round |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for strategy in args.strategies.split(","):
+    sweep = [int(m) for m in args.clients.split(",") if m] or [0]
+    for strategy, m in ((s, m) for m in sweep for s in args.strategies.split(",")):
         base = [f"federation.strategy='{strategy}'", *args.set]
-        off = summary(simulate(args.scenario, args.out / f"{strategy}-off", base))
+        tag = strategy
+        if m:
+            base += [f"federation.num_clients={m}", "partition.method='iid'"]
+            tag = f"{strategy}-m{m}"
+        off = summary(simulate(args.scenario, args.out / f"{tag}-off", base))
         clip = statistics.median(off["norms"]) if strategy != "zo" else args.zo_clip
         lines.append(
-            f"| {strategy} | off | - | - | - | {off['eval_loss']:.3f} (from "
+            f"| {strategy} | {off['clients']} | off | - | - | - | {off['eval_loss']:.3f} (from "
             f"{off['initial_loss']:.3f}) | - | {off['bytes_up']:.0f} |"
         )
         for eps in args.epsilons.split(","):
@@ -85,10 +99,11 @@ def main() -> None:
                 f"privacy.target_epsilon={eps}",
                 "privacy.target_delta=1e-5",
             ]
-            run = summary(simulate(args.scenario, args.out / f"{strategy}-eps{eps}", private))
+            run = summary(simulate(args.scenario, args.out / f"{tag}-eps{eps}", private))
             change = run["eval_loss"] / off["eval_loss"] - 1
             lines.append(
-                f"| {strategy} | {eps} | {clip:.3g} | {run['sigma']:.3g} | {run['epsilon']:.3f} "
+                f"| {strategy} | {run['clients']} | {eps} | {clip:.3g} | {run['sigma']:.3g} "
+                f"| {run['epsilon']:.3f} "
                 f"| {run['eval_loss']:.3f} | {change:+.1%} | {run['bytes_up']:.0f} |"
             )
             print("\n".join(lines[-1:]), flush=True)

@@ -8,6 +8,7 @@ noise-free counts with the noise's standard deviation far below the tolerance).
 
 import base64
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,61 @@ def test_zo_central_keeps_every_scalar_within_the_clip_and_adds_no_byte(tmp_path
             grad_scale=32.0 / 127,
         )
         assert c["bytes_up"] == len(plain)
+
+
+def adapter_numel(run_dir):
+    with safe_open(str(run_dir / "adapter" / "adapter_model.safetensors"), framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+
+
+def test_fedit_local_noises_on_the_device_and_spends_half_the_multiplier(tmp_path):
+    run = tmp_path / "run"
+    clip, sigma = 0.5, 0.01
+    proc = simulate(
+        "federation.num_rounds=2",
+        "privacy.mode='local'",
+        f"privacy.clip_norm={clip}",
+        f"privacy.noise_multiplier={sigma}",
+        out=run,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "privacy: local DP, clip 0.5, noise multiplier 0.01" in proc.stderr
+    spent = [r["privacy.epsilon"] for r in rows(run, "round") if r["round"] > 0]
+    # local: each reply is released on its own, sensitivity 2C: N(sigma / 2) per round
+    assert spent == pytest.approx([epsilon_of([Release(sigma / 2)] * n, 1e-5) for n in (1, 2)])
+    d = adapter_numel(run)
+    # the server's ||X_k - X|| of each real reply is ||clip_C(Delta) + N(0, (sigma C)^2 I)||:
+    # the device clipped (the raw update is over C, see the central test) and then noised it,
+    # so it concentrates at sqrt(C^2 + d (sigma C)^2) (relative spread ~1 / sqrt(2 d) < 1 %)
+    expected = (clip**2 + d * (sigma * clip) ** 2) ** 0.5
+    clients = rows(run, "client")
+    assert len(clients) == 6
+    for c in clients:
+        assert c["update_norm"] == pytest.approx(expected, rel=0.05), c["update_norm"]
+
+
+def test_ferret_central_bounds_and_noises_the_coordinates_of_real_replies(tmp_path):
+    run = tmp_path / "run"
+    proc = simulate(
+        "federation.strategy='ferret'",
+        "federation.num_rounds=2",
+        "ferret.coord_encoding='fp32'",
+        "privacy.mode='central'",
+        "privacy.clip_norm=0.5",
+        "privacy.noise_multiplier=1.0",
+        out=run,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "privacy: central DP, clip 0.5, noise multiplier 1" in proc.stderr
+    assert "clipped by the server" not in proc.stderr  # the devices bounded what they sent
+    spent = [r["privacy.epsilon"] for r in rows(run, "round") if r["round"] > 0]
+    assert spent == pytest.approx([epsilon_of([Release(1.0)] * n, 1e-5) for n in (1, 2)])
+    state = json.loads(checkpoint_meta(run)["strategy"])
+    slots = state["num_blocks"] * 64  # ferret.pool_size: every slot of every block is noised
+    for r in rows(run, "round"):
+        if r["round"] > 0:
+            assert r["ferret.slots"] == slots
+    for r in (1, 2):  # n_b = K for every block: a reply's size reveals no norm (within a round;
+        # the header's varints, e.g. the round's pool id, vary from round to round)
+        sizes = {c["bytes_up"] for c in rows(run, "client") if c["round"] == r}
+        assert len(sizes) == 1, sizes
