@@ -179,7 +179,8 @@ def test_ferret_central_bounds_and_noises_the_coordinates_of_real_replies(tmp_pa
     for r in rows(run, "round"):
         if r["round"] > 0:
             assert r["ferret.slots"] == slots
-    for r in (1, 2):  # n_b = K for every block: a reply's size reveals no norm (within a round;
-        # the header's varints, e.g. the round's pool id, vary from round to round)
-        sizes = {c["bytes_up"] for c in rows(run, "client") if c["round"] == r}
-        assert len(sizes) == 1, sizes
+    # n_b = K for every block: a reply's size reveals no norm. fp32 coordinates are 4 bytes each,
+    # so one coordinate more or less would show; the header's client index (a varint, omitted
+    # for client 0) accounts for up to 2 bytes
+    sizes = [c["bytes_up"] for c in rows(run, "client")]
+    assert max(sizes) - min(sizes) <= 2, sizes
