@@ -22,6 +22,8 @@ from fedft.errors import ConfigError, ReplyError
 from fedft.flower_records import (
     ZO_CHECKPOINT_ROUND_KEY,
     ZO_HISTORY_KEY,
+    ZO_MASK_DIGEST_KEY,
+    ZO_MASK_KEY,
     config_int,
     factors_to_record,
     record_to_arrays,
@@ -33,6 +35,35 @@ from fedft.zo.replay import replay_history_
 
 STATE_FACTORS = "fedft-zo-factors"
 STATE_SYNC = "fedft-zo-sync"
+STATE_MASK = "fedft-zo-mask"
+
+
+def install_mask(scenario: Scenario, context: Context, config: ConfigRecord) -> None:
+    """Hook the run's sparse mask onto this node's model (``zo.sparse_fraction > 0``).
+
+    The server sends the mask once (kept in the node's state) and its digest every round; a
+    node whose mask is not the announced one refuses the round rather than train another set.
+    """
+    from clients.runtimes.torch_lora import client_model
+    from fedft.zo.sparse import SparseMask, install_, installed
+
+    model, _ = client_model(scenario, int(context.node_config["partition-id"]))
+    sent = config.get(ZO_MASK_KEY, b"")
+    if sent:
+        if not isinstance(sent, bytes):
+            raise ReplyError(f"config entry {ZO_MASK_KEY!r} must be bytes")
+        context.state.config_records[STATE_MASK] = ConfigRecord({"mask": sent})
+        current = install_(model, SparseMask.decode(sent))
+    elif (current := installed(model)) is None:
+        if STATE_MASK not in context.state.config_records:
+            raise ReplyError("zo.sparse_fraction: this node never received the sparse mask")
+        stored = context.state.config_records[STATE_MASK]["mask"]
+        current = install_(model, SparseMask.decode(stored))  # type: ignore[arg-type]
+    announced = config.get(ZO_MASK_DIGEST_KEY, "")
+    if current.digest != announced:
+        raise ReplyError(
+            f"sparse mask {current.digest[:12]} is not the run's ({str(announced)[:12]})"
+        )
 
 
 def _initial_factors(scenario: Scenario, partition_id: int, numpy: bool) -> dict[str, Any]:
@@ -61,6 +92,8 @@ def synced_factors(
     """
     state, config = context.state, msg.content.config_records["config"]
     server_round = config_int(config, "server-round")
+    if scenario.zo.sparse:  # torch nodes only (an ort node is refused at the edge)
+        install_mask(scenario, context, config)
     unpack = record_to_arrays if numpy else record_to_factors
     factors: dict[str, Any]
     if STATE_FACTORS in state.array_records:

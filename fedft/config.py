@@ -577,6 +577,18 @@ class Scenario:
                         "module weights need float torch clients (no quantization, no ort backend)",
                     )
 
+        if self.zo.sparse:
+            check(
+                spec.name == "zo",
+                "zo.sparse_fraction",
+                "a sparse mask trains base weights: it needs federation.strategy = 'zo'",
+            )
+            check(
+                "ort" not in backends,
+                "zo.sparse_fraction",
+                "the ONNX Runtime client has no sparse-mask graph yet: use torch or zo clients",
+            )
+
         if self.privacy.enabled:
             self._check_privacy(backends)
 

@@ -32,6 +32,8 @@ from fedft.data.as_trained import encodes_as_trained, tokenizer_as_trained
 from fedft.model_card import model_card
 from fedft.models import base_model_folder, load_base
 from fedft.report import read_metrics
+from fedft.zo.mask_build import MASK_FILE
+from fedft.zo.sparse import SparseMask, installed, save_sparse_weights
 from fedft.zo.trainable import save_module_weights
 
 BASE_FOLDER = "base_model"
@@ -168,6 +170,11 @@ def write_outputs(
         The adapter folder, or the weights file.
     """
     folder = run_dir if final else round_folder(run_dir, server_round)
+    sparse = installed(model)
+    if sparse is not None and scenario.zo.sparse:  # the deltas at the mask's positions
+        folder.mkdir(parents=True, exist_ok=True)
+        mask = SparseMask.decode((run_dir / MASK_FILE).read_bytes())
+        return save_sparse_weights(mask, factors, folder / "zo_sparse.safetensors")
     if scenario.trained_modules:
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{scenario.federation.spec.settings}_weights.safetensors"

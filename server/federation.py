@@ -35,6 +35,8 @@ from fedft.report import RunRecorder
 from fedft.run_folder import check_same_scenario, stored_config
 from fedft.run_outputs import base_reference, write_outputs
 from fedft.task import federated_data
+from fedft.zo.mask_build import run_mask
+from fedft.zo.sparse import install_
 from fedft.zo.trainable import initial_state, set_trainable_
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.privacy import ServerPrivacy
@@ -188,6 +190,8 @@ class Federation:
         recorder = RunRecorder(run_dir, stored_config(scenario), fed.num_rounds, resume=resume)
         clients = ClientRecords(recorder)
         strategy = build_strategy(scenario, clients)
+        if scenario.zo.sparse:  # built once, kept in the run folder, sent once to each node
+            strategy.sparse_mask = install_(model, run_mask(scenario, model, tokenizer, run_dir))
         if strategy.privacy is not None:  # `fedft server` and `fedft simulate` show it at start
             log.info(strategy.privacy.describe())
         return cls(

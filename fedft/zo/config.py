@@ -13,6 +13,9 @@ from typing import Literal
 from fedft.schema import check
 
 MAX_PERTURBATIONS = 64  # a step's forward passes are 2 x perturbations: bounded at the edge
+MAX_SPARSE_FRACTION = 0.1  # beyond that a mask costs more bytes than the weights it masks
+# The linear maps of a Llama-style block: what a sparse mask chooses from by default.
+BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,15 @@ class ZoSection:
     # Directions per step, their g averaged: 2 x perturbations forward passes and
     # perturbations bytes a step (MeZO's n-SPSA).
     perturbations: int = 1
+    # Sensitive sparse zo (arXiv 2406.02913, fedft.zo.sparse): > 0 perturbs only this fraction of
+    # the weights of sparse_modules (0.001 in the paper), a mask the server builds once and sends
+    # to every node (4 bytes an index); the rest of the model, LoRA included, stays frozen.
+    sparse_fraction: float = 0.0
+    # "sensitive": top squared gradients on sparse_calibration_batches batches of a public text
+    # (Rotten Tomatoes reviews, disjoint from the task); "random": drawn from the run's seed.
+    sparse_mask: Literal["sensitive", "random"] = "sensitive"
+    sparse_modules: tuple[str, ...] = BLOCK_LINEARS
+    sparse_calibration_batches: int = 8
 
     def __post_init__(self) -> None:
         check(0 < self.pool_size <= 2**32, "zo.pool_size", "must be in [1, 2**32]")
@@ -85,6 +97,40 @@ class ZoSection:
             "zo.perturbations",
             f"must be an integer in [1, {MAX_PERTURBATIONS}], got {self.perturbations!r}",
         )
+
+        check(
+            math.isfinite(self.sparse_fraction)
+            and 0 <= self.sparse_fraction <= MAX_SPARSE_FRACTION,
+            "zo.sparse_fraction",
+            f"must be in [0, {MAX_SPARSE_FRACTION}] (0: off), got {self.sparse_fraction}",
+        )
+        check(
+            self.sparse_mask in ("sensitive", "random"),
+            "zo.sparse_mask",
+            f"must be 'sensitive' or 'random', got {self.sparse_mask!r}",
+        )
+        check(
+            bool(self.sparse_modules)
+            and all(isinstance(m, str) and m for m in self.sparse_modules),
+            "zo.sparse_modules",
+            "must name at least one linear module (e.g. ['q_proj', 'v_proj'])",
+        )
+        check(
+            isinstance(self.sparse_calibration_batches, int)
+            and 1 <= self.sparse_calibration_batches <= 1024,
+            "zo.sparse_calibration_batches",
+            f"must be an integer in [1, 1024], got {self.sparse_calibration_batches!r}",
+        )
+        check(
+            not (self.sparse_fraction and self.trainable_modules),
+            "zo.sparse_fraction",
+            "a sparse mask replaces zo.trainable_modules: set one of them",
+        )
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the run perturbs a sparse mask of base weights (``sparse_fraction > 0``)."""
+        return self.sparse_fraction > 0
 
     @property
     def grad_scale(self) -> float | None:

@@ -20,9 +20,10 @@ from safetensors.torch import save_file
 
 from fedft.adapters import factor_params, get_factors, set_factors_
 from fedft.config import Scenario
-from fedft.errors import ConfigError
+from fedft.errors import ConfigError, ReplyError
 from fedft.factors import check_same_layout
 from fedft.models import initial_factors
+from fedft.zo.sparse import installed
 
 _SKIP = {"weight", "bias", "base_layer"}
 
@@ -44,6 +45,9 @@ def _module_weights(model: PeftModel, modules: Sequence[str]) -> dict[str, torch
 
 def trainable_state(model: PeftModel, modules: Sequence[str]) -> dict[str, torch.Tensor]:
     """Copy out the trainable tensors (float32, CPU)."""
+    sparse = installed(model)
+    if sparse is not None:  # zo.sparse_fraction: the mask's deltas (fedft.zo.sparse)
+        return {k: v.detach().clone() for k, v in sparse.deltas.items()}
     if not modules:
         return get_factors(model)
     weights = _module_weights(model, modules)
@@ -52,6 +56,11 @@ def trainable_state(model: PeftModel, modules: Sequence[str]) -> dict[str, torch
 
 def trainable_params(model: PeftModel, names: list[str], modules: Sequence[str]) -> list:
     """The live tensors named ``names``, in that order (the perturbation layout)."""
+    sparse = installed(model)
+    if sparse is not None:
+        if sorted(names) != sorted(sparse.deltas):
+            raise ReplyError("trainable state: the names are not the sparse mask's modules")
+        return [sparse.deltas[n] for n in names]
     if not modules:
         return factor_params(model, names)
     weights = _module_weights(model, modules)
@@ -62,6 +71,13 @@ def set_trainable_(
     model: PeftModel, state: Mapping[str, torch.Tensor], modules: Sequence[str]
 ) -> None:
     """Copy ``state`` into the model's trainable tensors (names and shapes checked)."""
+    sparse = installed(model)
+    if sparse is not None:
+        check_same_layout(state, sparse.deltas, "trainable state")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                sparse.deltas[name].copy_(tensor.to(torch.float32))
+        return
     if not modules:
         set_factors_(model, state)
         return
@@ -76,8 +92,12 @@ def initial_state(model: PeftModel, modules: Sequence[str]) -> dict[str, torch.T
     """Round 0's trainable state, the same in every process.
 
     For module weights it is captured the first time it is asked for, before any zo step has
-    touched the (cached, shared) model; zo clients put the weights back after each round.
+    touched the (cached, shared) model; zo clients put the weights back after each round. With a
+    sparse mask installed it is the mask's zero deltas.
     """
+    sparse = installed(model)
+    if sparse is not None:
+        return {k: torch.zeros_like(v) for k, v in sparse.deltas.items()}
     if not modules:
         return initial_factors(model)
     key = tuple(sorted(modules))

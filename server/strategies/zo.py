@@ -21,10 +21,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedft.errors import ReplyError
-from fedft.flower_records import ZO_CHECKPOINT_ROUND_KEY, ZO_HISTORY_KEY
+from fedft.flower_records import (
+    ZO_CHECKPOINT_ROUND_KEY,
+    ZO_HISTORY_KEY,
+    ZO_MASK_DIGEST_KEY,
+    ZO_MASK_KEY,
+)
 from fedft.wire.order import in_zo_order
 from fedft.wire.zo_history import decode_history, encode_history
 from fedft.zo.replay import RoundAggregate, aggregate_records, prefer_replay, replay_history_
+from fedft.zo.sparse import SparseMask
 from server.replies import ClientUpdate
 from server.strategies import register_strategy
 from server.strategies.fedit import FedIT
@@ -44,6 +50,7 @@ class ZoStrategy(RoundHistory[RoundAggregate], FedIT):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.encoded: dict[int, bytes] = {}  # this round's history bytes, per synced round
+        self.sparse_mask: SparseMask | None = None  # zo.sparse_fraction > 0 (server.federation)
 
     def state(self) -> dict:
         """The aggregate history (base64 ``fedft.v1.ZoHistory``) and each node's synced round."""
@@ -74,6 +81,10 @@ class ZoStrategy(RoundHistory[RoundAggregate], FedIT):
         numel = sum(t.numel() for t in self.global_factors.values())
         node_config = ConfigRecord(dict(config))
         content = RecordDict({"config": node_config})
+        if self.sparse_mask is not None:  # sent with the scenario's text: until the node holds it
+            node_config[ZO_MASK_DIGEST_KEY] = self.sparse_mask.digest()
+            if node not in self.scenario_holders:
+                node_config[ZO_MASK_KEY] = self.sparse_mask.encode()
         if not prefer_replay(entries, self.zo.pool_size, numel):
             content["arrays"] = arrays
             node_config[ZO_CHECKPOINT_ROUND_KEY] = self.current_round - 1
