@@ -41,7 +41,7 @@ def options(name: str, lr: float | None) -> tuple[list[str], int]:
         return ["federation.strategy='fedit'"], 0
     parts = name.split("_")
     if parts[0] != "zo":
-        raise SystemExit(f"unknown run {name!r} (fedit, zo, zo_scale, zo_scale_p4, zo_fp32, ...)")
+        raise SystemExit(f"unknown run {name!r} (fedit, zo, zo_scale, zo_scale_p4, zo_sp0.01, ...)")
     overrides, perturbations = ["federation.strategy='zo'"], 1
     for part in parts[1:]:
         if part == "scale":
@@ -51,6 +51,12 @@ def options(name: str, lr: float | None) -> tuple[list[str], int]:
         elif part.startswith("p") and part[1:].isdigit():
             perturbations = int(part[1:])
             overrides.append(f"zo.perturbations={perturbations}")
+        elif part.startswith("sp"):  # a sensitive sparse mask of this fraction (zo.sparse_*)
+            overrides.append(f"zo.sparse_fraction={float(part[2:])}")
+        elif part == "rand":  # ... drawn at random instead
+            overrides.append("zo.sparse_mask='random'")
+        elif part == "sr":
+            overrides.append("zo.grad_rounding='stochastic'")
         elif part.startswith("lr"):
             overrides.append(f"zo.lr={float(part[2:])}")
         else:

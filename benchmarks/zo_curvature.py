@@ -8,6 +8,7 @@ Purpose: zo's useful ``zo.lr`` spans orders of magnitude between models. One SPS
          printed too, but at round 0 (LoRA B = 0) it overestimates the stable lr: on the tiny
          model it says 0.026 where 3e-3 already diverges.
 Command: PYTHONPATH=$PWD python benchmarks/zo_curvature.py simulations/default.toml
+         [--set zo.sparse_fraction=0.001 --set federation.strategy='zo': a sparse mask's deltas]
          SmolLM2 (one run at a time): flock /work/smollm2.lock nice -n -5 python
          benchmarks/zo_curvature.py simulations/smollm2_chatterbot.toml --probes 8
 Numbers: ``--probes`` seeds on partition 0's first batches (3 forward passes each); ``eps`` is the
@@ -30,8 +31,10 @@ sys.path.insert(0, str(ROOT))
 from clients.runtimes.torch_lora import client_datasets, client_model  # noqa: E402
 from fedft.config import load_scenario  # noqa: E402
 from fedft.wire.order import zo_order  # noqa: E402
+from fedft.zo.mask_build import build_mask  # noqa: E402
 from fedft.zo.rng import perturb_  # noqa: E402
 from fedft.zo.seeds import seed_pool  # noqa: E402
+from fedft.zo.sparse import install_  # noqa: E402
 from fedft.zo.trainable import initial_state, set_trainable_, trainable_params  # noqa: E402
 
 # lr x rms(g) x sqrt(numel) = ||lr g z||, the distance one step moves the trainable tensors:
@@ -45,12 +48,15 @@ def main() -> None:
     parser.add_argument("scenario", type=Path)
     parser.add_argument("--probes", type=int, default=16)
     parser.add_argument("--eps", type=float, default=None)
+    parser.add_argument("--set", action="append", default=[], help="a scenario override")
     args = parser.parse_args()
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(args.scenario, args.set)
     torch.set_num_threads(scenario.simulation.threads_per_client)
     eps = args.eps or scenario.zo.eps
-    model, _ = client_model(scenario, 0)
+    model, tokenizer = client_model(scenario, 0)
     train_set, _ = client_datasets(scenario, 0)
+    if scenario.zo.sparse:  # the server's mask (zo.sparse_fraction): perturb its deltas
+        install_(model, build_mask(scenario, model, tokenizer))
     model.eval()
     modules = scenario.zo.trainable_modules
     start = initial_state(model, modules)

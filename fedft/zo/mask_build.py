@@ -64,11 +64,10 @@ def build_mask(
     """The mask ``scenario.zo`` asks for, on ``model`` (a float base for ``"sensitive"``)."""
     zo = scenario.zo
     shapes = module_shapes(model, zo.sparse_modules)
-    if not shapes:
-        raise ConfigError(
-            "zo.sparse_modules",
-            f"the model has no linear module named any of {list(zo.sparse_modules)}",
-        )
+    owners = {name.removesuffix(".base_layer").rsplit(".", 1)[-1] for name in shapes}
+    missing = [m for m in zo.sparse_modules if m not in owners]
+    if missing:
+        raise ConfigError("zo.sparse_modules", f"the model has no linear module {missing[0]!r}")
     if zo.sparse_mask == "random":
         return random_mask(shapes, zo.sparse_fraction, scenario.run.seed)
     batches = calibration_batches(scenario, tokenizer)

@@ -205,3 +205,10 @@ def test_the_sparse_options_are_checked_at_the_edge():
         load_scenario(None, [*SPARSE, "client.backend='ort'"])
     assert scenario("client.quantization='nf4'").zo.sparse  # a quantized base is the point
     assert not ZoSection().sparse
+
+
+def test_a_sparse_module_the_model_lacks_is_a_config_error():
+    sc = scenario("zo.sparse_modules=['q_proj', 'qkv']")
+    model, tokenizer = fresh_model(sc)
+    with pytest.raises(ConfigError, match=r"zo\.sparse_modules.*'qkv'"):
+        build_mask(sc, model, tokenizer)
