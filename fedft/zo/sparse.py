@@ -60,9 +60,9 @@ class SparseMask:
         if not len(self.modules) == len(self.shapes) == len(self.indices):
             raise ZoError("sparse mask: one shape and one index array per module")
         for name, (rows, cols), idx in zip(self.modules, self.shapes, self.indices, strict=True):
-            if idx.dtype != np.int64 or idx.ndim != 1:
-                raise ZoError(f"sparse mask: {name}: indices must be a 1-d int64 array")
-            if idx.size and (idx[0] < 0 or idx[-1] >= rows * cols or np.any(np.diff(idx) <= 0)):
+            if idx.dtype != np.int64 or idx.ndim != 1 or not idx.size:
+                raise ZoError(f"sparse mask: {name}: indices must be a non-empty 1-d int64 array")
+            if idx[0] < 0 or idx[-1] >= rows * cols or np.any(np.diff(idx) <= 0):
                 raise ZoError(f"sparse mask: {name}: indices must be sorted, distinct, in range")
 
     @property
@@ -167,15 +167,18 @@ def mask_size(total: int, fraction: float) -> int:
     return max(1, min(total, round(fraction * total)))
 
 
-def _split(
-    shapes: Mapping[str, tuple[int, int]], flat: np.ndarray
-) -> tuple[tuple[np.ndarray, ...], ...]:
-    """Global sorted indices over the modules in order -> per-module local sorted indices."""
+def _split(shapes: Mapping[str, tuple[int, int]], flat: np.ndarray) -> SparseMask:
+    """Global sorted indices over the modules in order -> the mask of the modules they hit.
+
+    A module with no masked entry is left out (an empty tensor has no place in a state).
+    """
     bounds = np.cumsum([0, *(r * c for r, c in shapes.values())])
-    return tuple(
-        (flat[(flat >= lo) & (flat < hi)] - lo).astype(np.int64)
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-    )
+    kept = []
+    for (name, shape), lo, hi in zip(shapes.items(), bounds[:-1], bounds[1:], strict=True):
+        local = (flat[(flat >= lo) & (flat < hi)] - lo).astype(np.int64)
+        if local.size:
+            kept.append((name, shape, local))
+    return SparseMask(*(tuple(column) for column in zip(*kept, strict=True)))
 
 
 def random_mask(shapes: Mapping[str, tuple[int, int]], fraction: float, seed: int) -> SparseMask:
@@ -183,7 +186,7 @@ def random_mask(shapes: Mapping[str, tuple[int, int]], fraction: float, seed: in
     shapes = dict(sorted(shapes.items()))
     total = sum(r * c for r, c in shapes.values())
     picked = np.sort(np.random.default_rng(seed).choice(total, mask_size(total, fraction), False))
-    return SparseMask(tuple(shapes), tuple(shapes.values()), _split(shapes, picked))
+    return _split(shapes, picked)
 
 
 def mask_from_scores(scores: Mapping[str, torch.Tensor], fraction: float) -> SparseMask:
@@ -200,7 +203,7 @@ def mask_from_scores(scores: Mapping[str, torch.Tensor], fraction: float) -> Spa
     above = torch.nonzero(flat > threshold).view(-1)
     ties = torch.nonzero(flat == threshold).view(-1)[: m - above.numel()]
     picked = np.sort(torch.cat([above, ties]).numpy().astype(np.int64))
-    return SparseMask(tuple(names), tuple(shapes.values()), _split(shapes, picked))
+    return _split(shapes, picked)
 
 
 def sensitive_scores(
