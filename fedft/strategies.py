@@ -27,9 +27,14 @@ from dataclasses import dataclass
 
 COORDINATE_WISE = ("median", "trimmed_mean")  # robust aggregators that replace the strategy's own
 SELECTING = ("krum", "multi_krum")  # robust aggregators that only pick the replies to aggregate
-MODULE_WEIGHT_FILES = ("zo_weights.safetensors", "ferret_weights.safetensors")
+MODULE_WEIGHT_FILES = (
+    "zo_weights.safetensors",
+    "ferret_weights.safetensors",
+    "zo_sparse.safetensors",
+)
 """A run that trains module weights (``<settings>.trainable_modules``) writes
-``<settings>_weights.safetensors`` instead of an adapter: the weights under the base's names."""
+``<settings>_weights.safetensors`` instead of an adapter: the weights under the base's names; a
+sparse zo run (``zo.sparse_fraction``) writes its mask's deltas, ``zo_sparse.safetensors``."""
 
 
 @dataclass(frozen=True)
