@@ -188,10 +188,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "study")
     parser.add_argument("--cells", default="", help="comma-separated cell names (default: all)")
     parser.add_argument("--figure", type=Path, help="where to write the drift figure")
+    parser.add_argument("--strategies", default="", help="comma-separated (default: the part's)")
     args = parser.parse_args()
     cells = TABLE_CELLS if args.part == "table" else DRIFT_CELLS if args.part == "drift" else {}
     wanted = set(args.cells.split(",")) if args.cells else set(cells)
     strategies = TABLE_STRATEGIES if args.part == "table" else ("fedit", "lora_fair")
+    strategies = tuple(args.strategies.split(",")) if args.strategies else strategies
     for name, overrides in cells.items():
         if name in wanted:
             run_cell(args.out / name, strategies, overrides, args.seeds)
