@@ -159,22 +159,26 @@ def plot_drift(out: Path, path: Path | None = None) -> Path | None:
         rows.append((f"{label} (n={len(seeds)})", cos, gain))
     if not rows:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
     x = range(len(rows))
     for i, which in ((0, "before"), (1, "after")):
         means = [statistics.fmean(1 - c[i] for c in cos) for _, cos, _ in rows]
         left.plot(x, means, marker="o", label=f"1 - cos {which} correction")
     left.set_yscale("log")
-    left.set_ylabel("1 - cos(update, sum_k p_k B_k A_k), mean over rounds")
+    left.set_ylabel("1 - cos to sum_k p_k B_k A_k (round mean)", fontsize=9)
     gains = [statistics.fmean(g) for _, _, g in rows]
     spread = [statistics.stdev(g) if len(g) > 1 else 0.0 for _, _, g in rows]
     right.errorbar(x, gains, yerr=spread, marker="o", capsize=4)
     right.axhline(0, color="grey", lw=0.8)
-    right.set_ylabel("FedIT - LoRA-FAIR final eval loss (paired), mean ± std")
+    right.set_ylabel("FedIT - LoRA-FAIR final eval loss, paired", fontsize=9)
     for ax in (left, right):
         ax.set_xticks(list(x), [r[0] for r in rows], rotation=20, fontsize=8)
     left.legend()
-    fig.suptitle("LoRA-FAIR vs FedIT as clients drift (tiny model, 5 clients, rank 16, 4 rounds)")
+    fig.suptitle(
+        "LoRA-FAIR vs FedIT as clients drift (tiny model, 5 clients, rank 16, 4 rounds; "
+        "mean ± std over seeds; > 0: LoRA-FAIR better)",
+        fontsize=10,
+    )
     fig.tight_layout()
     path = path or out / "drift.png"
     fig.savefig(path, dpi=110)
