@@ -66,6 +66,13 @@ def install_mask(scenario: Scenario, context: Context, config: ConfigRecord) -> 
         )
 
 
+def _torch_installed() -> bool:
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ImportError:
+        return False
+
+
 def _initial_factors(scenario: Scenario, partition_id: int, numpy: bool) -> dict[str, Any]:
     if numpy:  # the bundle's copy: no torch model on this node
         if scenario.zo.trainable_modules:
@@ -73,7 +80,7 @@ def _initial_factors(scenario: Scenario, partition_id: int, numpy: bool) -> dict
         from clients.runtimes.ort_lora import edge_bundle
 
         bundle = edge_bundle(scenario)
-        if bundle.file(INITIAL_FACTORS).is_file() or importlib.util.find_spec("torch") is None:
+        if bundle.file(INITIAL_FACTORS).is_file() or not _torch_installed():
             return bundle.initial_factors()  # (an older bundle without it: torch's, below)
     from clients.runtimes.torch_lora import client_model
     from fedft.zo.trainable import initial_state

@@ -11,7 +11,6 @@ only: a :class:`BundleTokenizer` refuses them.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -99,8 +98,8 @@ def load_tokenizer(folder: str | Path) -> Any:
     transformers' when it is installed (chat templates work), else the ``tokenizers``-only one
     (the same ids).
     """
-    if importlib.util.find_spec("transformers") is not None:
+    try:
         from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(folder)
-    return BundleTokenizer(folder)
+    except ImportError:  # a device without transformers
+        return BundleTokenizer(folder)
+    return AutoTokenizer.from_pretrained(folder)
