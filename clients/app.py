@@ -23,13 +23,14 @@ from typing import Literal
 from flwr.app import Context, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import zo_sync
+from clients import warm, zo_sync
 from clients.replies import FactorReply, Reply
 from clients.runtimes import runtime_for
 from fedft.config import Scenario
 from fedft.console import quiet_flower_app
 from fedft.flower_records import (
     MERGED_KEY,
+    SCENARIO_DIGEST_KEY,
     ZO_SCALE_KEY,
     config_float,
     config_int,
@@ -45,6 +46,8 @@ def _setup(msg: Message, context: Context) -> tuple[Scenario, int]:
     quiet_flower_app(context.run_config, logging.ERROR)  # unless `-c verbose=true`
     config = msg.content.config_records["config"]
     scenario = config_to_scenario(config, context.state)
+    digest = str(config[SCENARIO_DIGEST_KEY])  # another run or configuration: caches emptied
+    warm.enter(warm.device_key(digest, scenario, context.node_config))
     if ZO_SCALE_KEY in config:  # zo.grad_scale_rule = "adaptive": this round's int8 scale
         zo = scenario.zo.for_round(config_float(config, ZO_SCALE_KEY))
         scenario = dataclasses.replace(scenario, zo=zo)

@@ -99,6 +99,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="give up after S s without reaching the server, at the start or mid-run "
         "(0: never give up)",
     )
+    client.add_argument(
+        "--isolation",
+        choices=("process", "subprocess"),
+        default="process",
+        help="process (default): one long-lived ClientApp process serves every round, the "
+        "model and data stay loaded; subprocess: Flower's fresh process per message",
+    )
     for parser in (certs, server, client):
         add_verbose(parser)
 
@@ -180,5 +187,6 @@ def _client(args: argparse.Namespace) -> int:
         runtime_port=args.runtime_port,
         max_wait_s=args.max_wait or None,
         verbose=args.verbose,
+        isolation=args.isolation,
     )
     return join(opts)

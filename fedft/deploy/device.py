@@ -15,6 +15,7 @@ its node config. These keys are what the ClientApp reads from ``context.node_con
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from fedft.deploy.processes import (
     supernode_command,
 )
 from fedft.deploy.supernode_output import SupernodeOutput, relay
+from fedft.deploy.warm_process import WarmClientApp, warm_command
 from fedft.errors import ConfigError
 
 log = logging.getLogger("fedft")
@@ -58,6 +60,7 @@ class ClientOptions:
     runtime_port: int
     max_wait_s: float | None  # None: retry an unreachable server for ever
     verbose: bool = False
+    isolation: str = "process"  # "subprocess": Flower's fresh ClientApp process per message
 
 
 def ca_cert(certs: Path) -> Path:
@@ -105,20 +108,39 @@ def node_config(opts: ClientOptions) -> dict[str, int | str]:
     return entries
 
 
-def _wait(supernode: subprocess.Popen, output: SupernodeOutput) -> int | None:
+def _wait(
+    supernode: subprocess.Popen, output: SupernodeOutput, app: WarmClientApp | None
+) -> int | None:
     """The SuperNode's exit code; None if it gave up on the server but did not exit.
 
     Flower 1.39's SuperNode that gives up mid-run logs the failed call and then hangs (it does
-    not exit): :data:`GAVE_UP_GRACE_S` seconds after giving up it is stopped.
+    not exit): :data:`GAVE_UP_GRACE_S` seconds after giving up it is stopped. Meanwhile the
+    long-lived ClientApp process ``app`` is started again whenever it exits.
     """
     while True:
         try:
             return supernode.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
             pass
+        if app is not None:
+            app.check()
         gave_up = output.gave_up_at
         if gave_up is not None and time.monotonic() - gave_up > GAVE_UP_GRACE_S:
             return None
+
+
+def _runtime_api_up(supernode: subprocess.Popen, port: int, timeout_s: float = 120.0) -> bool:
+    """Wait until the SuperNode serves its Runtime API on ``port``; False if it exited first."""
+    deadline = time.monotonic() + timeout_s
+    while supernode.poll() is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        if time.monotonic() > deadline:
+            raise ProcessError(f"the SuperNode did not serve port {port} within {timeout_s:.0f} s")
+        time.sleep(0.2)
+    return False
 
 
 def join(opts: ClientOptions) -> int:
@@ -129,7 +151,9 @@ def join(opts: ClientOptions) -> int:
     if key is not None and ca is None:
         raise CertError("`--auth-key`: SuperNode authentication needs TLS: drop --insecure")
     check_port_free("127.0.0.1", opts.runtime_port, "--runtime-port")  # where the SuperNode binds
-    cmd = supernode_command(opts.server, ca, entries, opts.runtime_port, key, opts.max_wait_s)
+    cmd = supernode_command(
+        opts.server, ca, entries, opts.runtime_port, key, opts.max_wait_s, opts.isolation
+    )
     mode = "TLS" if ca is not None else "INSECURE, no TLS"
     log.info("fedft: joining %s (gRPC, %s) as partition %d", opts.server, mode, opts.partition_id)
     output = SupernodeOutput(opts.server, opts.max_wait_s, opts.verbose)
@@ -139,11 +163,17 @@ def join(opts: ClientOptions) -> int:
     supernode = start(cmd, env, subprocess.PIPE)
     assert supernode.stdout is not None
     copying = relay(supernode.stdout, output, sys.stderr)
+    app = None
     try:
-        code = _wait(supernode, output)
+        if opts.isolation == "process" and _runtime_api_up(supernode, opts.runtime_port):
+            app = WarmClientApp(warm_command(opts.runtime_port, opts.backend), env, sys.stderr)
+            app.start()  # one ClientApp process serves every round
+        code = _wait(supernode, output, app)
     except KeyboardInterrupt:
         return 130
     finally:
+        if app is not None:
+            app.stop()
         stop(supernode)
         copying.join(timeout=10)  # everything below the SuperNode is gone: the pipe closes
     if (gave_up := output.gave_up_message()) is not None:

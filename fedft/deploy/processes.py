@@ -118,9 +118,15 @@ def supernode_command(
     runtime_port: int = DEFAULT_RUNTIME_PORT,
     auth_key: Path | None = None,
     max_wait_s: float | None = None,
+    isolation: str = "subprocess",
 ) -> list[str]:
-    """``flower-supernode`` dialling ``superlink`` over gRPC (TLS unless ``ca_cert`` is None)."""
+    """``flower-supernode`` dialling ``superlink`` over gRPC (TLS unless ``ca_cert`` is None).
+
+    ``isolation``: Flower's ``--isolation``; ``process``: it starts no ClientApp process itself
+    (``fedft client`` starts a long-lived one, :mod:`fedft.deploy.warm_process`).
+    """
     cmd = [str(BIN / "flower-supernode"), "--grpc-rere", "--superlink", superlink]
+    cmd += ["--isolation", isolation]
     cmd += ["--root-certificates", str(ca_cert)] if ca_cert is not None else ["--insecure"]
     cmd += ["--node-config", node_config_arg(node_config), "--port", str(runtime_port)]
     if auth_key is not None:

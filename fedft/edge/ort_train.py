@@ -12,6 +12,8 @@ a ``Module`` before parameters are written into it (writing first crashes onnxru
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 Batch = Mapping[str, np.ndarray]
 INPUTS = ("input_ids", "attention_mask", "labels")
+WARM_ENV = "FEDFT_WARM_PROCESS"  # "1": a process serving many rounds (see SpareTrainers)
 
 
 def session_options(threads: int) -> onnxruntime.SessionOptions:
@@ -80,9 +83,14 @@ class OrtTrainer:
     """
 
     def __init__(
-        self, bundle: EdgeBundle, factors: Mapping[str, np.ndarray], lr: float, threads: int = 1
+        self,
+        bundle: EdgeBundle,
+        factors: Mapping[str, np.ndarray] | None,
+        lr: float | None,
+        threads: int = 1,
     ) -> None:
-        check_factors(bundle, factors, "factors")
+        if factors is not None:
+            check_factors(bundle, factors, "factors")
         api = training_api()
         self.bundle = bundle
         self.state = api.CheckpointState.load_checkpoint(bundle.file(CHECKPOINT))
@@ -96,10 +104,16 @@ class OrtTrainer:
             session_options=session_options(threads),
         )
         self.optimizer = api.Optimizer(bundle.file(OPTIMIZER_MODEL), self.module)
-        self.optimizer.set_learning_rate(lr)
         inputs = tuple(self.module.input_names())
         if inputs != INPUTS:
             raise EdgeError(f"{bundle.file(TRAINING_MODEL)}: inputs {inputs}, expected {INPUTS}")
+        if factors is not None and lr is not None:
+            self.begin(factors, lr)
+
+    def begin(self, factors: Mapping[str, np.ndarray], lr: float) -> None:
+        """Write the round's start factors by name and set its learning rate (before any step)."""
+        check_factors(self.bundle, factors, "factors")
+        self.optimizer.set_learning_rate(lr)
         parameters = self.state.parameters
         for name, value in factors.items():
             parameters[name] = np.ascontiguousarray(value, dtype=np.float32)
@@ -116,6 +130,56 @@ class OrtTrainer:
         """Copies of the current LoRA factors, by peft state-dict name."""
         parameters = self.state.parameters
         return {name: np.array(parameters[name].data) for name, _ in self.bundle.factor_layout}
+
+
+class SpareTrainers:
+    """Next round's training sessions, built in the background while a warm device waits.
+
+    ONNX Runtime keeps AdamW's moments in the ``CheckpointState`` a ``Module`` is bound to, and
+    onnxruntime-training 1.19's Python API can neither reset them nor rebind a ``Module`` to a
+    fresh state: a round's fresh optimizer (FedIT) needs fresh training sessions. In a process
+    that serves many rounds (``$FEDFT_WARM_PROCESS = 1``, set by
+    :mod:`fedft.deploy.warm_clientapp`) the sessions of the next round are therefore built in a
+    thread as soon as a round's steps end (while the device evaluates, replies and waits for the
+    next message), so a round only writes its factors into them by name. Elsewhere (simulations,
+    tests) each round builds its own, as before. The sessions are the same either way: a fresh
+    checkpoint state, module and optimizer of the bundle.
+    """
+
+    def __init__(self) -> None:
+        self._ready: dict[tuple[str, int], concurrent.futures.Future[OrtTrainer]] = {}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @staticmethod
+    def enabled() -> bool:
+        """Whether this process builds the next round's sessions ahead."""
+        return os.environ.get(WARM_ENV) == "1"
+
+    def take(self, bundle: EdgeBundle, threads: int) -> OrtTrainer:
+        """Fresh sessions of ``bundle``: the ones built ahead if any, else built now."""
+        ready = self._ready.pop((str(bundle.path), threads), None)
+        if ready is not None:
+            try:
+                return ready.result()
+            except Exception:  # built again below, where its error (if any) is raised
+                pass
+        return OrtTrainer(bundle, None, None, threads)
+
+    def prepare(self, bundle: EdgeBundle, threads: int) -> None:
+        """Start building the next round's sessions of ``bundle`` (a warm process only)."""
+        if not self.enabled() or (str(bundle.path), threads) in self._ready:
+            return
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, "ort-spare-sessions")
+        future = self._pool.submit(OrtTrainer, bundle, None, None, threads)
+        self._ready[(str(bundle.path), threads)] = future
+
+    def cache_clear(self) -> None:
+        """Drop the sessions built ahead (another run or bundle: :mod:`clients.warm`)."""
+        self._ready.clear()
+
+
+SPARES = SpareTrainers()
 
 
 def train_steps(
@@ -145,6 +209,9 @@ def train_steps(
     OrtTrainResult
         The new factors and the per-step losses.
     """
-    trainer = OrtTrainer(bundle, factors, lr, threads)
+    check_factors(bundle, factors, "factors")
+    trainer = SPARES.take(bundle, threads)
+    trainer.begin(factors, lr)
     losses = [trainer.step(batch) for batch in batches]
+    SPARES.prepare(bundle, threads)  # in a warm process: the next round's sessions, meanwhile
     return OrtTrainResult(trainer.factors(), losses)
