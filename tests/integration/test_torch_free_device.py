@@ -1,10 +1,11 @@
 """A device with only the `device` extra (no torch) trains deployed rounds beside a torch device.
 
-A fresh virtual environment gets fedft (`pip install --no-deps`) and `device-requirements.txt`
-from the package index, as docs/deploy.md says: no torch, transformers or peft. On loopback, a
-`fedft server` (SuperLink) runs a fedit round and then a zo round with two `fedft client`s
-(SuperNodes): partition 0 from the test's own environment (torch), partition 1 from the new one
-with `--backend ort` and an edge bundle exported here (`FEDFT_EDGE_BUNDLE`). Both rounds need
+A fresh virtual environment gets fedft (`pip install --no-deps`) and
+`clients/device-requirements.txt` from the package index, as docs/deploy.md says: no torch,
+transformers or peft. On loopback, a `fedft server` (SuperLink) runs a fedit round and then a zo
+round with two `fedft client`s (SuperNodes): partition 0 from the test's own environment (torch),
+partition 1 from the new one with `--backend ort` and an edge bundle exported here
+(`FEDFT_EDGE_BUNDLE`). Both rounds need
 both replies (`federation.min_train_clients = 2`).
 
 The environment is made once per test session under the basetemp (about 4 minutes of
@@ -60,7 +61,10 @@ def make_venv(folder):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([*pip, "--no-deps", str(source)], check=True, timeout=900, env=env)
     subprocess.run(
-        [*pip, "-r", str(ROOT / "device-requirements.txt")], check=True, timeout=1800, env=env
+        [*pip, "-r", str(ROOT / "clients" / "device-requirements.txt")],
+        check=True,
+        timeout=1800,
+        env=env,
     )
     shutil.rmtree(source)
     return time.monotonic() - started

@@ -1,16 +1,16 @@
 """Warm devices on loopback: one ClientApp process per `fedft client` serves every round.
 
-Two real deployments of the same zo run (`fedft server --insecure`, two `fedft client`s:
-partition 0 on torch, partition 1 with `--backend ort`, 3 rounds): a cold one with Flower's default
-`--isolation subprocess` (a fresh ClientApp process per message), then a warm one with
-`fedft client`'s default. In the warm one each device's rounds are served by one process (the
+Two real deployments of the same zo run (`fedft server --insecure`, two `fedft client`s: partition
+0 on torch, partition 1 with `--backend ort`, 3 rounds): a cold one with Flower's default
+`--isolation subprocess` (a fresh ClientApp process per message), then a warm one with `fedft
+client --isolation process`. In the warm one each device's rounds are served by one process (the
 same PID), except that the ort device's process is SIGKILLed after round 1, while idle: `fedft
-client` starts it again, the next rounds complete with both devices (the new process takes the
-zo sync state from the context the SuperNode kept), and the run ends with the same global
-adapter, bit for bit, and the same per-client losses as the cold run. (A zo run, because its
-replies are functions of forward passes: onnxruntime-training 1.19's first-order steps are not
-bit-reproducible from one run to the next, cold or warm, so a fedit run with an ort device never
-repeats its adapter bit for bit.)
+client` starts it again, the next rounds complete with both devices (the new process takes the zo
+sync state from the context the SuperNode kept), and the run ends with the same global adapter, bit
+for bit, and the same per-client losses as the cold run. (A zo run, because its replies are
+functions of forward passes: onnxruntime-training 1.19's first-order steps are not bit-reproducible
+from one run to the next, cold or warm, so a fedit run with an ort device never repeats its adapter
+bit for bit.)
 """
 
 import hashlib

@@ -169,7 +169,8 @@ lora = OrtLora().train_round(first, 0, start, 1, 0)
 zo = load_scenario("simulations/default.toml", ["federation.strategy='zo'", "zo.local_steps=4"])
 records = OrtZo().train_round(zo, 1, start, 2, 1)
 print(json.dumps({
-    "lora": factors_digest(lora.factors), "lora_loss": lora.metrics["train_loss"],
+    "lora": {k: np.asarray(v).ravel().tolist() for k, v in lora.factors.items()},
+    "lora_loss": lora.metrics["train_loss"],
     "update": lora.content(first, 0)["arrays"].count_bytes(),
     "zo": records.payload.hex(), "zo_end": factors_digest(records.factors),
     "zo_start": records.metrics["start_digest"],
@@ -191,6 +192,13 @@ def test_ort_rounds_without_torch_give_the_bits_they_give_with_it(edge_bundle):
     assert done.returncode == 0, done.stderr[-3000:]
     with_torch = json.loads(done.stdout.splitlines()[-1])
     without = json.loads(run_without_torch(ROUNDS, timeout=900, **env).splitlines()[-1])
+    # ONNX Runtime's first-order training is not bit-reproducible from one process to the next
+    # (the same round twice in one environment gave two factor digests), so its factors are
+    # compared within float32 round-off; everything else (zo records, digests, sizes) exactly.
+    lora_with, lora_without = with_torch.pop("lora"), without.pop("lora")
+    assert lora_with.keys() == lora_without.keys()
+    for name, values in lora_with.items():
+        np.testing.assert_allclose(lora_without[name], values, rtol=1e-4, atol=1e-6, err_msg=name)
     assert without == with_torch
     assert with_torch["lora_loss"] > 0 and len(with_torch["zo"]) > 0
 
@@ -211,7 +219,7 @@ def test_device_requirements_are_the_device_extra():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     extra = project["project"]["optional-dependencies"]["device"]
-    lines = (ROOT / "device-requirements.txt").read_text(encoding="utf-8").splitlines()
+    lines = (ROOT / "clients" / "device-requirements.txt").read_text(encoding="utf-8").splitlines()
     assert [line for line in lines if line and not line.startswith("#")] == extra
     heavy = ("torch", "transformers", "peft", "bitsandbytes", "onnxruntime ")
     assert not [r for r in extra if r.startswith(heavy) or r.split(";")[0] == "onnxruntime"]
