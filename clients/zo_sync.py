@@ -54,11 +54,14 @@ def install_mask(scenario: Scenario, context: Context, config: ConfigRecord) -> 
             raise ReplyError(f"config entry {ZO_MASK_KEY!r} must be bytes")
         context.state.config_records[STATE_MASK] = ConfigRecord({"mask": sent})
         current = install_(model, SparseMask.decode(sent))
-    elif (current := installed(model)) is None:
-        if STATE_MASK not in context.state.config_records:
-            raise ReplyError("zo.sparse_fraction: this node never received the sparse mask")
-        stored = context.state.config_records[STATE_MASK]["mask"]
-        current = install_(model, SparseMask.decode(stored))  # type: ignore[arg-type]
+    else:
+        found = installed(model)
+        if found is None:
+            if STATE_MASK not in context.state.config_records:
+                raise ReplyError("zo.sparse_fraction: this node never received the sparse mask")
+            stored = context.state.config_records[STATE_MASK]["mask"]
+            found = install_(model, SparseMask.decode(stored))  # type: ignore[arg-type]
+        current = found
     announced = config.get(ZO_MASK_DIGEST_KEY, "")
     if current.digest != announced:
         raise ReplyError(

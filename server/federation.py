@@ -191,8 +191,9 @@ class Federation:
         clients = ClientRecords(recorder)
         strategy = build_strategy(scenario, clients)
         if scenario.zo.sparse:  # built once, kept in the run folder, sent once to each node
-            strategy.sparse_mask = run_mask(scenario, model, tokenizer, run_dir)
-            install_(model, strategy.sparse_mask)
+            mask = run_mask(scenario, model, tokenizer, run_dir)
+            strategy.sparse_mask = mask  # type: ignore[attr-defined]  # a zo run: ZoStrategy
+            install_(model, mask)
         if strategy.privacy is not None:  # `fedft server` and `fedft simulate` show it at start
             log.info(strategy.privacy.describe())
         return cls(

@@ -28,6 +28,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,14 +136,14 @@ def _owner(name: str) -> str:
     return parts[-1] if parts else ""
 
 
-def masked_modules(model: torch.nn.Module, owners: Sequence[str]) -> dict[str, torch.nn.Module]:
+def masked_modules(model: torch.nn.Module, owners: Sequence[str]) -> dict[str, Any]:
     """The innermost linear modules (``in_features``/``out_features``, not LoRA) named ``owners``.
 
     A peft-wrapped ``q_proj`` gives its ``base_layer``; the names are the same on a float, int8
     or nf4 base, so every party finds the same modules.
     """
     chosen = set(owners)
-    found = {}
+    found: dict[str, Any] = {}  # linear modules of several classes (float, int8, nf4)
     for name, module in model.named_modules():
         if "lora_" in name or _owner(name) not in chosen:
             continue
