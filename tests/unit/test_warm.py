@@ -126,7 +126,7 @@ def test_an_exited_clientapp_process_is_started_again():
     assert app.restarts == 2
 
 
-def test_sessions_built_ahead_train_bit_identically(edge_bundle, monkeypatch):
+def test_sessions_built_ahead_train_as_fresh_ones(edge_bundle, monkeypatch):
     """A warm process's next-round ORT sessions are as fresh as ones built in the round."""
     import numpy as np
 
@@ -150,13 +150,17 @@ def test_sessions_built_ahead_train_bit_identically(edge_bundle, monkeypatch):
         return out
 
     def same(a, b):
-        # Every step's loss bit for bit: a used optimizer state (AdamW moments, step count) would
-        # change the losses after the first step. The factors only within two AdamW steps of lr:
-        # onnxruntime-training 1.19's backward pass is not bit-reproducible even between two
-        # trainers built the same way, and AdamW turns a last-bit change of a near-zero gradient
-        # into a step of up to lr.
+        # onnxruntime-training 1.19's backward pass is not bit-reproducible from one trainer to the
+        # next (seen on CI: factors off in the 7th digit, and AdamW can turn a last-bit change of a
+        # near-zero gradient into a step of up to lr on that coordinate). A used optimizer state
+        # (AdamW moments, step count) moves the later losses by 0.3-0.7 and >99 % of the factor
+        # coordinates by more than 1e-5 here; round-off moves the losses by < 1e-3 and almost none.
+        def close(fa, fb):
+            off = np.concatenate([(np.abs(fa[k] - fb[k]) > 1e-5).ravel() for k in fa])
+            return float(off.mean()) < 0.01
+
         return all(
-            la == lb and all(np.allclose(fa[k], fb[k], rtol=0, atol=2e-2) for k in fa)
+            np.allclose(la, lb, rtol=0, atol=1e-3) and close(fa, fb)
             for (la, fa), (lb, fb) in zip(a, b, strict=True)
         )
 
