@@ -131,3 +131,36 @@ def test_adaptive_scale_and_two_directions_rebuild_exactly_in_mixed_rounds(tmp_p
     zo_rows = [c for c in clients if "zo_rebuild_exact" in c]
     assert len(zo_rows) == 2 and all(c["zo_rebuild_exact"] == 1.0 for c in zo_rows)
     assert [c["bytes_up"] <= 20 + 64 for c in zo_rows if c["round"] == 2] == [True]
+
+
+def test_sensitive_sparse_zo_is_exact_with_catch_up_and_an_nf4_client(tmp_path):
+    # 1 % of the tiny model's block linears (737 values), chosen on public text; partition 0
+    # steps over an nf4 base. Each node gets the mask once (4 bytes an index) and its digest
+    # every round; a node that misses a round catches up by replay over the mask's deltas.
+    out = tmp_path / "sparse"
+    rounds, clients = simulate(
+        out,
+        "federation.strategy='zo'",
+        "zo.sparse_fraction=0.01",
+        "zo.sparse_calibration_batches=2",
+        "zo.lr=0.01",
+        "client_groups=[{partitions=[0], quantization='nf4'}]",
+        "federation.num_rounds=3",
+        "federation.fraction_train=0.67",
+        "federation.min_train_clients=2",
+    )
+    assert rounds[-1]["eval_loss"] < rounds[0]["eval_loss"]
+    assert len(clients) == 6
+    mask_bytes = (out / "zo_mask.bin").stat().st_size
+    assert 4 * 737 < mask_bytes < 4 * 737 + 100 * 14
+    first_round_of = {}
+    for c in sorted(clients, key=lambda c: c["round"]):
+        assert c["zo_synced_exact"] == 1.0  # the node's deltas equal the server's, bit for bit
+        assert c["bytes_up"] <= 20 + 64
+        first_round_of.setdefault(c["partition"], c["round"])
+        if first_round_of[c["partition"]] == c["round"]:
+            assert c["bytes_down"] > mask_bytes  # the mask, sent with the scenario
+        else:
+            assert c["bytes_down"] < mask_bytes  # its digest only, and the missed aggregates
+    assert any(c["partition"] == 0 for c in clients)
+    assert (out / "zo_sparse.safetensors").exists() and not (out / "adapter").exists()
