@@ -7,12 +7,14 @@ Purpose: compare the field's LoRA aggregation rules (FFA-LoRA, FedIT, FLoRA, Fle
          strategy the same split, initial adapter, sampled clients and batches (paired runs).
 Command: PYTHONPATH=$PWD python benchmarks/lora_study.py table --seeds 0,1,2 --out runs/study
          PYTHONPATH=$PWD python benchmarks/lora_study.py drift --seeds 0,1,2 --out runs/study
-         PYTHONPATH=$PWD python benchmarks/lora_study.py report --out runs/study  (tables only)
+         PYTHONPATH=$PWD python benchmarks/lora_study.py report --out runs/study  (tables only;
+         --extra smollm2=runs/smollm2_compare adds a ``fedft compare`` folder of another scenario)
 Numbers: simulations/lora_fair_noniid.toml (tiny model, 5 clients, rank 16, dirichlet 0.1, 15
          local steps), 4 rounds instead of its 6 (the 2-core machine was shared). Heterogeneous
          ranks: partitions 0-2 train rank 4 (a quarter of the server's 16), 3-4 rank 16. Drift
-         sweep: local steps 4 / 15 / 50 at alpha 0.1, then alpha 10 / 0.1 / 0.05 at 50 steps (the
-         15-step cell is ``table-one-rank``'s FedIT and LoRA-FAIR runs).
+         sweep: local steps 4 / 15 / 50 at alpha 0.1, then alpha 10 / 0.1 / 0.05 at 50 steps, and 4
+         steps at alpha 10 (the least drift; the 15-step cell is ``table-one-rank``'s FedIT and
+         LoRA-FAIR runs).
 
 Output: ``<out>/<cell>/`` is a ``fedft compare`` folder per cell; ``report`` prints (and writes
 ``<out>/study.md``) per cell and strategy the final eval loss, mean ± std over seeds, the paired
@@ -43,6 +45,7 @@ DRIFT_CELLS = {
     "drift-steps4-alpha0.1": ["train.local_steps=4", "partition.alpha=0.1"],
     "drift-steps50-alpha0.1": ["train.local_steps=50", "partition.alpha=0.1"],
     "drift-steps50-alpha10": ["train.local_steps=50", "partition.alpha=10.0"],
+    "drift-steps4-alpha10": ["train.local_steps=4", "partition.alpha=10.0"],
 }
 
 
@@ -73,8 +76,9 @@ def read_rounds(run: Path) -> list[dict]:
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"  # one seed: no spread to show
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def cell_table(cell: Path) -> str:
@@ -101,15 +105,46 @@ def cell_table(cell: Path) -> str:
     return "\n".join(lines)
 
 
-def report(out: Path) -> str:
-    """The study's tables, from every compare folder under ``out``."""
+def paper_table(cells: dict[str, Path]) -> str:
+    """The LoRA-FAIR paper's table shape: a row per cell, a column per strategy.
+
+    A cell reads ``final eval loss mean ± std (n seeds); paired minus FedIT mean ± std``.
+    """
+    head = "| cell | " + " | ".join(TABLE_STRATEGIES) + " |"
+    lines = [head, "| --- " * (len(TABLE_STRATEGIES) + 1) + "|"]
+    for name, cell in cells.items():
+        if not cell.is_dir():
+            continue
+        runs = cell_runs(cell)
+        base = runs.get("fedit", {})
+        row = []
+        for strategy in TABLE_STRATEGIES:
+            by_seed = runs.get(strategy, {})
+            final = [rounds[-1]["eval_loss"] for rounds in by_seed.values()]
+            text = f"{mean_std(final)} (n={len(final)})" if final else "-"
+            paired = [
+                by_seed[s][-1]["eval_loss"] - base[s][-1]["eval_loss"] for s in by_seed if s in base
+            ]
+            if paired and strategy != "fedit":
+                text += f"; {mean_std(paired)}"
+            row.append(text)
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def report(out: Path, extra: dict[str, Path] | None = None) -> str:
+    """The study's tables, from every compare folder under ``out`` (and ``extra``'s)."""
     head = (
         "| strategy | seeds | final eval loss | minus FedIT (paired) "
         "| LoRA-FAIR cos before -> after |\n| --- | --- | --- | --- | --- |"
     )
-    parts = []
+    summary = {n: out / n for n in TABLE_CELLS} | (extra or {})
+    parts = [f"### paper-shape\n\n{paper_table(summary)}\n"]
     for name in [*TABLE_CELLS, *DRIFT_CELLS]:
         cell = out / name
+        if cell.is_dir():
+            parts.append(f"### {name}\n\n{head}\n{cell_table(cell)}\n")
+    for name, cell in (extra or {}).items():
         if cell.is_dir():
             parts.append(f"### {name}\n\n{head}\n{cell_table(cell)}\n")
     text = "\n".join(parts)
@@ -139,7 +174,7 @@ def plot_drift(out: Path, path: Path | None = None) -> Path | None:
     import matplotlib.pyplot as plt
 
     order = ("drift-steps4-alpha0.1", "table-one-rank", "drift-steps50-alpha0.1")
-    names = [n for n in (*order, "drift-steps50-alpha10", "drift-steps50-alpha0.05")]
+    names = ["drift-steps4-alpha10", *order, "drift-steps50-alpha10", "drift-steps50-alpha0.05"]
     names = [n for n in names if (out / n).is_dir()]
     rows = []
     for name in names:
@@ -193,6 +228,13 @@ def main() -> None:
     parser.add_argument("--cells", default="", help="comma-separated cell names (default: all)")
     parser.add_argument("--figure", type=Path, help="where to write the drift figure")
     parser.add_argument("--strategies", default="", help="comma-separated (default: the part's)")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another compare folder for the report's tables (repeatable), e.g. a SmolLM2 one",
+    )
     args = parser.parse_args()
     cells = TABLE_CELLS if args.part == "table" else DRIFT_CELLS if args.part == "drift" else {}
     wanted = set(args.cells.split(",")) if args.cells else set(cells)
@@ -201,7 +243,13 @@ def main() -> None:
     for name, overrides in cells.items():
         if name in wanted:
             run_cell(args.out / name, strategies, overrides, args.seeds)
-    print(report(args.out))
+    extra = {}
+    for text in args.extra:
+        name, sep, folder = text.partition("=")
+        if not sep or not Path(folder).is_dir():
+            parser.error(f"--extra {text!r}: expected NAME=DIR with an existing DIR")
+        extra[name] = Path(folder)
+    print(report(args.out, extra))
     plot_drift(args.out, args.figure)
 
 
