@@ -1,18 +1,20 @@
 """Server-side cost of one round at 100 and 1,000 replies, for every strategy: it must be linear.
 
-Run from the repository root (not a test; pure server maths, no Ray, no clients; ~2-4 minutes):
+Run from the repository root (not a test; pure server maths, no Ray, no clients; ~5-10 minutes):
 
     .venv/bin/python benchmarks/aggregation_scale.py [--replies 100 1000] [--repeat 2]
 
-For each strategy of :data:`fedft.strategies.STRATEGIES` it builds the real server strategy from
-``simulations/default.toml`` (the built-in tiny model's real LoRA factors, ``federation.num_clients
-= N``, IID), lets it configure a round for N nodes (``configure_train``: each node's message),
-builds one honest reply per node as that strategy's clients would send it (the client-side
-encoders: factors as an ArrayRecord, FFA-LoRA's with ``lora_A`` as sent, a ``fedft.v1.ZoReply`` of
-derived seeds, a ``fedft.v1.FerretReply`` from :func:`clients.ferret_client.ferret_reply`), then
-times ``aggregate_train`` (decode and check every reply, screen the round, aggregate, check the
-aggregate): everything the server does for a round but its global eval. The driver's torch runs on
-one thread, as in ``fedft simulate``.
+For each strategy of :data:`fedft.strategies.STRATEGIES`, and FedIT with each server-side option
+(:data:`OPTIONS`: the server optimisers FedAvgM / FedAdam / FedYogi, the coordinate-wise median
+and trimmed mean, central DP noise, and Krum, which is O(n^2) by definition), it builds the real
+server strategy from ``simulations/default.toml`` (the built-in tiny model's real LoRA factors,
+``federation.num_clients = N``, IID), lets it configure a round for N nodes (``configure_train``:
+each node's message), builds one honest reply per node as that strategy's clients would send it
+(the client-side encoders: factors as an ArrayRecord, FFA-LoRA's with ``lora_A`` as sent, a
+``fedft.v1.ZoReply`` of derived seeds, a ``fedft.v1.FerretReply`` from
+:func:`clients.ferret_client.ferret_reply`), then times ``aggregate_train`` (decode and check
+every reply, screen the round, aggregate, check the aggregate): everything the server does for a
+round but its global eval. The driver's torch runs on one thread, as in ``fedft simulate``.
 
 Printed per strategy: the seconds of ``configure_train`` and ``aggregate_train`` at each N (best
 of ``--repeat``), their cost per reply, and the growth ``t(N_max) / t(N_min)`` against the
@@ -45,6 +47,18 @@ from server.federation import build_strategy
 
 SCENARIO = "simulations/default.toml"
 ROUND = 1
+# Server-side options on top of a strategy (server optimisers, robust aggregators, central DP):
+# name -> (strategy, overrides). FedProx is client-side only (a proximal term in local training).
+OPTIONS: dict[str, tuple[str, list[str]]] = {
+    "fedit+fedavgm": ("fedit", ["server_opt.optimizer='fedavgm'"]),
+    "fedit+fedadam": ("fedit", ["server_opt.optimizer='fedadam'"]),
+    "fedit+fedyogi": ("fedit", ["server_opt.optimizer='fedyogi'"]),
+    "fedit+median": ("fedit", ["robust.aggregator='median'"]),
+    "fedit+trimmed_mean": ("fedit", ["robust.aggregator='trimmed_mean'"]),
+    "fedit+central_dp": ("fedit", ["privacy.mode='central'", "privacy.noise_multiplier=1.0"]),
+    "fedit+krum": ("fedit", ["robust.aggregator='krum'"]),
+}
+QUADRATIC = {"fedit+krum"}  # Krum compares every pair of replies: O(n^2) by definition
 
 
 class Grid:
@@ -58,10 +72,13 @@ class Grid:
         return self.nodes
 
 
-def scenario_for(strategy: str, replies: int) -> Scenario:
+def scenario_for(name: str, replies: int) -> Scenario:
+    """The scenario of a strategy (or of a strategy with an option of :data:`OPTIONS`)."""
+    strategy, extra = OPTIONS.get(name, (name, []))
     return load_scenario(
         SCENARIO,
         [
+            *extra,
             f"federation.strategy='{strategy}'",
             f"federation.num_clients={replies}",
             f"federation.min_train_clients={replies}",
@@ -165,7 +182,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replies", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    names = [*STRATEGIES, *OPTIONS]
+    parser.add_argument("--strategies", nargs="+", default=names, choices=names)
     args = parser.parse_args()
     torch.set_num_threads(1)
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
@@ -194,7 +212,7 @@ def main() -> None:
             if outcome != "aggregated":
                 row[-1] += f" ({outcome})"
         total = {n: results[n][0] + results[n][1] for n in args.replies}
-        row.append(f"{total[high] / total[low]:.1f}")
+        row.append(f"{total[high] / total[low]:.1f}" + (" (O(n^2))" if name in QUADRATIC else ""))
         rows.append(row)
         print(" | ".join(row), flush=True)
     print()

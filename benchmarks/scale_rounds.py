@@ -15,15 +15,22 @@ every round, with per-client compute kept small so that the framework's part sho
 Per round, from ``metrics.jsonl``: ``wall_s`` (end of the previous global eval to the end of this
 one), the server's ``aggregate_s`` (decode, screen, aggregate) and ``eval_s`` (global eval), each
 client's ``app_s`` (seconds inside the ClientApp's train handler: set-up, zo catch-up, training,
-local eval, encoding) and ``train_s`` (inside the local training loop). With N client actors
-(floor(CPUs / cpus_per_client)),
+local eval, encoding) and ``train_s`` (inside the local training loop); and from the driver's
+timers (:mod:`ray_split`, benchmark instrumentation only: each run's driver is
+``benchmarks/ray_split.py --child``) the seconds of each ``RayBackend.process_message`` (hand one
+message to a Ray actor, wait for the reply) and of each ClientApp call inside the actor. With N
+client actors (floor(CPUs / cpus_per_client)),
 
     client = sum(app_s) / N,   server = aggregate_s + eval_s,
-    framework = wall - client - server   (Flower's and Ray's: instructions through the link state,
-                                          Ray dispatch, (de)serialisation, fedft's record glue),
-    share = framework / wall.
+    ray    = (sum process_message - sum ClientApp call) / N   (Ray dispatch, object transfer,
+                                                               the actor pool),
+    flower = wall - server - client - ray   (link state, inbox, the engine's queues, driver-side
+                                             message handling, fedft's record glue, and Flower's
+                                             ClientApp wrapper in the actor: "(in actor)"),
+    framework = flower + ray,   share = framework / wall.
 
-``sum / N`` assumes the N actors are evenly busy, so the framework figure is an upper bound.
+``sum / N`` assumes the N actors are evenly busy, so an actor idle while another finishes the
+round is counted in Flower's part.
 Memory: a sampler reads the RSS of the driver and of every descendant (Ray daemons, workers, the
 ClientAppActors) every 0.2 s (PSS every second), as ``benchmarks/simulation_overhead.py`` does.
 Results are appended to ``--results`` (JSON lines), and all runs in it are printed as tables.
@@ -41,6 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import ray_split
 from simulation_overhead import MB, available_memory, run_in_child, table
 
 BASE = ["partition.method='iid'", "federation.num_rounds=3", "data.global_eval_size=32"]
@@ -69,7 +77,7 @@ RUNS = {
 def measure(label: str, work: Path) -> dict:
     """Run one configuration in a fresh driver; its per-round times and peak memory."""
     load0 = os.getloadavg()[0]
-    run = run_in_child(label, RUNS[label], work)
+    run = run_in_child(label, RUNS[label], work, script=ray_split.__file__)
     rounds = []
     for r in run.rounds:
         if r["round"] == 0:
@@ -78,6 +86,8 @@ def measure(label: str, work: Path) -> dict:
         app = sum(c.get("app_s", 0.0) for c in clients) / run.actors
         train = sum(c["train_s"] for c in clients) / run.actors
         server = r.get("aggregate_s", 0.0) + r["eval_s"]
+        app_sum = sum(c.get("app_s", 0.0) for c in clients)
+        parts = ray_split.split(work / label, r["round"], r["wall_s"], server, app_sum, run.actors)
         rounds.append(
             {
                 "round": r["round"],
@@ -88,6 +98,8 @@ def measure(label: str, work: Path) -> dict:
                 "aggregate": r.get("aggregate_s", 0.0),
                 "eval": r["eval_s"],
                 "framework": r["wall_s"] - app - server,
+                **{k: parts[k] for k in ("ray", "flower", "flower_actor", "busy", "ray_start")},
+                "messages": parts["messages"],
             }
         )
     mem = run.mem
@@ -113,8 +125,8 @@ def measure(label: str, work: Path) -> dict:
 
 
 def report(results: list[dict]) -> None:
-    header = ["run: round", "clients", "wall s", "client s", "(train s)", "server s"]
-    header += ["framework s", "share"]
+    header = ["run: round", "clients", "wall s", "client s", "(train s)", "server s", "Flower s"]
+    header += ["(in actor)", "Ray s", "framework s", "share"]
     rows = []
     for res in results:
         steady = [r for r in res["rounds"] if r["round"] >= 2]
@@ -127,22 +139,39 @@ def report(results: list[dict]) -> None:
                     f"{r['client']:.1f}",
                     f"{r['train']:.1f}",
                     f"{r['aggregate'] + r['eval']:.2f}",
+                    f"{r['flower']:.1f}" if "flower" in r else "-",
+                    f"{r['flower_actor']:.2f}" if "flower" in r else "-",
+                    f"{r['ray']:.1f}" if "ray" in r else "-",
                     f"{r['framework']:.1f}",
                     f"{r['framework'] / r['wall']:.0%}",
                 ]
             )
         if steady:
+            n = len(steady)
             wall = sum(r["wall"] for r in steady)
+
+            def mean(key: str, digits: int = 1, rounds: list[dict] = steady) -> str:
+                if not all(key in r for r in rounds):
+                    return "-"
+                return f"{sum(r[key] for r in rounds) / len(rounds):.{digits}f}"
+
             frame = sum(r["framework"] for r in steady)
             rows.append(
-                [
-                    f"{res['label']}: steady (2-{steady[-1]['round']})",
-                    "",
-                    f"{wall / len(steady):.1f}",
-                ]
-                + ["", "", "", f"{frame / len(steady):.1f}", f"{frame / wall:.0%}"]
+                [f"{res['label']}: steady (2-{steady[-1]['round']})", "", f"{wall / n:.1f}"]
+                + [mean("client"), mean("train"), "", mean("flower"), mean("flower_actor", 2)]
+                + [mean("ray"), f"{frame / n:.1f}", f"{frame / wall:.0%}"]
             )
     print(table(header, rows))
+    starts = [
+        f"{res['label']} {res['rounds'][0]['ray_start']:.1f} s"
+        for res in results
+        if res["rounds"] and "ray_start" in res["rounds"][0]
+    ]
+    if starts:
+        print(
+            "Ray's own start (ray.init, actor pool) inside round 1, in its Ray s: "
+            + ", ".join(starts)
+        )
     print()
     mrows = []
     for res in results:

@@ -289,13 +289,14 @@ def run_in_process(label: str, overrides: list[str], work: Path) -> Run:
     return collect(label, scenario, run_dir, t0, t1, mem)
 
 
-def run_in_child(label: str, overrides: list[str], work: Path) -> Run:
+def run_in_child(label: str, overrides: list[str], work: Path, script: str = __file__) -> Run:
+    """Run in a fresh driver: ``script --child RUN_DIR OVERRIDES`` (this file's by default)."""
     scenario = load_scenario(SCENARIO, overrides)
     run_dir = work / label
     wait_for_no_children()
     print(f"[{label}] fresh driver process: {' '.join(overrides)}", file=sys.stderr, flush=True)
     log_path = work / f"{label}.log"
-    cmd = [sys.executable, __file__, "--child", str(run_dir), *overrides]
+    cmd = [sys.executable, script, "--child", str(run_dir), *overrides]
     with log_path.open("w") as log:
         t0 = time.time()
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
