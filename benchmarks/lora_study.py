@@ -139,7 +139,7 @@ def report(out: Path, extra: dict[str, Path] | None = None) -> str:
         "| LoRA-FAIR cos before -> after |\n| --- | --- | --- | --- | --- |"
     )
     summary = {n: out / n for n in TABLE_CELLS} | (extra or {})
-    parts = [f"### paper-shape\n\n{paper_table(summary)}\n"]
+    parts = [f"### paper-shape\n\n{paper_table(summary)}\n", f"### drift\n\n{drift_table(out)}\n"]
     for name in [*TABLE_CELLS, *DRIFT_CELLS]:
         cell = out / name
         if cell.is_dir():
@@ -162,22 +162,24 @@ def cell_runs(cell: Path) -> dict[str, dict[int, list[dict]]]:
     return runs
 
 
-def plot_drift(out: Path, path: Path | None = None) -> Path | None:
-    """Plot LoRA-FAIR's cosines and its paired final-loss gain over FedIT, per drift cell.
+DRIFT_ORDER = (
+    "drift-steps4-alpha10",
+    "drift-steps4-alpha0.1",
+    "table-one-rank",  # 15 steps, alpha 0.1
+    "drift-steps50-alpha10",
+    "drift-steps50-alpha0.1",
+    "drift-steps50-alpha0.05",
+)
 
-    Into ``path`` (default ``<out>/drift.png``); a cell counts if it holds both strategies at a
-    common seed.
+
+def drift_rows(out: Path) -> list[tuple[str, list[int], dict[str, list[float]], list[tuple]]]:
+    """Per drift cell with FedIT and LoRA-FAIR at a common seed: label, seeds, finals, cosines.
+
+    ``finals`` maps ``fedit`` / ``lora_fair`` to their final eval losses (same seed order); the
+    cosines are LoRA-FAIR's ``(cos_before, cos_after)`` of every round of those seeds.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = ("drift-steps4-alpha0.1", "table-one-rank", "drift-steps50-alpha0.1")
-    names = ["drift-steps4-alpha10", *order, "drift-steps50-alpha10", "drift-steps50-alpha0.05"]
-    names = [n for n in names if (out / n).is_dir()]
     rows = []
-    for name in names:
+    for name in (n for n in DRIFT_ORDER if (out / n).is_dir()):
         runs = cell_runs(out / name)
         fair, base = runs.get("lora_fair", {}), runs.get("fedit", {})
         seeds = sorted(set(fair) & set(base))
@@ -189,9 +191,53 @@ def plot_drift(out: Path, path: Path | None = None) -> Path | None:
             for r in fair[s]
             if "lora_fair.cos_before" in r
         ]
-        gain = [base[s][-1]["eval_loss"] - fair[s][-1]["eval_loss"] for s in seeds]
+        finals = {
+            k: [v[s][-1]["eval_loss"] for s in seeds]
+            for k, v in (("fedit", base), ("lora_fair", fair))
+        }
         label = name.replace("table-one-rank", "drift-steps15-alpha0.1").replace("drift-", "")
-        rows.append((f"{label} (n={len(seeds)})", cos, gain))
+        rows.append((label, seeds, finals, cos))
+    return rows
+
+
+def drift_table(out: Path) -> str:
+    """Markdown: per drift cell, both strategies' final loss, the paired difference, cosines."""
+    lines = [
+        "| local steps, alpha | seeds | FedIT | LoRA-FAIR | LoRA-FAIR minus FedIT (paired) "
+        "| cos before -> after |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, seeds, finals, cos in drift_rows(out):
+        paired = [f - b for f, b in zip(finals["lora_fair"], finals["fedit"], strict=True)]
+        before, after = (statistics.fmean(c[i] for c in cos) for i in (0, 1))
+        steps, _, alpha = label.removeprefix("steps").partition("-alpha")
+        lines.append(
+            f"| {steps}, {alpha} | {','.join(map(str, seeds))} | {mean_std(finals['fedit'])} "
+            f"| {mean_std(finals['lora_fair'])} | {mean_std(paired)} "
+            f"| {before:.4f} -> {after:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_drift(out: Path, path: Path | None = None) -> Path | None:
+    """Plot LoRA-FAIR's cosines and its paired final-loss gain over FedIT, per drift cell.
+
+    Into ``path`` (default ``<out>/drift.png``); a cell counts if it holds both strategies at a
+    common seed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [
+        (
+            f"{label} (n={len(seeds)})",
+            cos,
+            [b - f for b, f in zip(finals["fedit"], finals["lora_fair"], strict=True)],
+        )
+        for label, seeds, finals, cos in drift_rows(out)
+    ]
     if not rows:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
