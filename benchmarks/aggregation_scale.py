@@ -17,8 +17,9 @@ every reply, screen the round, aggregate, check the aggregate): everything the s
 round but its global eval. The driver's torch runs on one thread, as in ``fedft simulate``.
 
 Printed per strategy: the seconds of ``configure_train`` and ``aggregate_train`` at each N (best
-of ``--repeat``), their cost per reply, and the growth ``t(N_max) / t(N_min)`` against the
-linear ``N_max / N_min`` (10 for 100 -> 1,000): a ratio well above it is super-linear.
+of ``--repeat``, after an untimed 10-reply round of that strategy), their cost per reply, and the
+growth ``t(N_max) / t(N_min)`` against the linear ``N_max / N_min`` (10 for 100 -> 1,000): a
+ratio well above it is super-linear.
 """
 
 from __future__ import annotations
@@ -204,6 +205,7 @@ def main() -> None:
     header += [f"growth x (linear {high / low:g})"]
     rows = []
     for name in args.strategies:
+        one_round(name, 10, model, 1)  # warm-up: lazy imports and first allocations, not timed
         results = {n: one_round(name, n, model, args.repeat) for n in args.replies}
         row = [name]
         for n in args.replies:

@@ -33,8 +33,9 @@ With fedft's own ``app_s`` (seconds inside the ClientApp's train handler) and N 
     flower       = wall - server - client - ray
                    (= wall - server - busy + flower_actor): Flower's link state and inbox,
                    the engine's queues and threads, driver-side message handling, fedft's record
-                   glue in the ServerApp (decode and screen are in the server's aggregate_s), and
-                   any time an actor waits idle while others finish the round.
+                   glue in the ServerApp outside the server's timers (decoding and screening the
+                   replies is its decode_s), and any time an actor waits idle while others finish
+                   the round.
 
 ``sum / N`` assumes the N actors are evenly busy.
 """

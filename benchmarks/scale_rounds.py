@@ -3,7 +3,7 @@
 Run from the repository root (not a test; one simulation at a time, each in a fresh driver
 process; on 2 cores zo100 takes ~3 minutes, fo100 ~4, zo1000 ~15-25):
 
-    .venv/bin/python benchmarks/scale_rounds.py zo100 fo100 zo1000 [--results FILE]
+    .venv/bin/python benchmarks/scale_rounds.py zo100 fo100 zo1000 [--results FILE] [--keep DIR]
 
 Each run is ``simulations/default.toml`` (tiny model, IID) for 3 rounds, every client training
 every round, with per-client compute kept small so that the framework's part shows:
@@ -13,7 +13,8 @@ every round, with per-client compute kept small so that the framework's part sho
 - ``fo100``: FedIT (first-order LoRA, factors up and down), 100 clients, 4 local steps.
 
 Per round, from ``metrics.jsonl``: ``wall_s`` (end of the previous global eval to the end of this
-one), the server's ``aggregate_s`` (decode, screen, aggregate) and ``eval_s`` (global eval), each
+one), the server's ``decode_s`` (decode and check every reply, screen the round), ``aggregate_s``
+(aggregate the kept replies) and ``eval_s`` (global eval), each
 client's ``app_s`` (seconds inside the ClientApp's train handler: set-up, zo catch-up, training,
 local eval, encoding) and ``train_s`` (inside the local training loop); and from the driver's
 timers (:mod:`ray_split`, benchmark instrumentation only: each run's driver is
@@ -21,7 +22,7 @@ timers (:mod:`ray_split`, benchmark instrumentation only: each run's driver is
 message to a Ray actor, wait for the reply) and of each ClientApp call inside the actor. With N
 client actors (floor(CPUs / cpus_per_client)),
 
-    client = sum(app_s) / N,   server = aggregate_s + eval_s,
+    client = sum(app_s) / N,   server = decode_s + aggregate_s + eval_s,
     ray    = (sum process_message - sum ClientApp call) / N   (Ray dispatch, object transfer,
                                                                the actor pool),
     flower = wall - server - client - ray   (link state, inbox, the engine's queues, driver-side
@@ -41,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -74,10 +76,14 @@ RUNS = {
 }
 
 
-def measure(label: str, work: Path) -> dict:
+def measure(label: str, work: Path, keep: Path | None = None) -> dict:
     """Run one configuration in a fresh driver; its per-round times and peak memory."""
     load0 = os.getloadavg()[0]
     run = run_in_child(label, RUNS[label], work, script=ray_split.__file__)
+    if keep is not None:  # the raw files behind the table
+        (keep / label).mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", ray_split.DRIVER_FILE, ray_split.ACTOR_FILE):
+            shutil.copy(work / label / name, keep / label / name)
     rounds = []
     for r in run.rounds:
         if r["round"] == 0:
@@ -85,7 +91,7 @@ def measure(label: str, work: Path) -> dict:
         clients = [c for c in run.clients if c["round"] == r["round"]]
         app = sum(c.get("app_s", 0.0) for c in clients) / run.actors
         train = sum(c["train_s"] for c in clients) / run.actors
-        server = r.get("aggregate_s", 0.0) + r["eval_s"]
+        server = r.get("decode_s", 0.0) + r.get("aggregate_s", 0.0) + r["eval_s"]
         app_sum = sum(c.get("app_s", 0.0) for c in clients)
         parts = ray_split.split(work / label, r["round"], r["wall_s"], server, app_sum, run.actors)
         rounds.append(
@@ -96,6 +102,7 @@ def measure(label: str, work: Path) -> dict:
                 "client": app,
                 "train": train,
                 "aggregate": r.get("aggregate_s", 0.0),
+                "decode": r.get("decode_s", 0.0),
                 "eval": r["eval_s"],
                 "framework": r["wall_s"] - app - server,
                 **{k: parts[k] for k in ("ray", "flower", "flower_actor", "busy", "ray_start")},
@@ -138,7 +145,7 @@ def report(results: list[dict]) -> None:
                     f"{r['wall']:.1f}",
                     f"{r['client']:.1f}",
                     f"{r['train']:.1f}",
-                    f"{r['aggregate'] + r['eval']:.2f}",
+                    f"{r.get('decode', 0.0) + r['aggregate'] + r['eval']:.2f}",
                     f"{r['flower']:.1f}" if "flower" in r else "-",
                     f"{r['flower_actor']:.2f}" if "flower" in r else "-",
                     f"{r['ray']:.1f}" if "ray" in r else "-",
@@ -212,12 +219,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", choices=list(RUNS))
     parser.add_argument("--results", type=Path, default=Path("scale_rounds.jsonl"))
+    parser.add_argument("--keep", type=Path, help="copy each run's metrics and timers here")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, {available_memory() / 1e9:.1f} GB available", file=sys.stderr)
     for label in args.runs:
         with tempfile.TemporaryDirectory(prefix="fedft-scale-") as tmp:
             started = time.monotonic()
-            res = measure(label, Path(tmp))
+            res = measure(label, Path(tmp), args.keep)
             print(f"[{label}] {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         with args.results.open("a") as f:
             f.write(json.dumps(res) + "\n")
