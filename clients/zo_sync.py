@@ -12,7 +12,7 @@ replay :func:`fedft.zo.replay.replay_history_` on numpy arrays (torch's bits).
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Context, Message
 
@@ -32,6 +32,9 @@ from fedft.flower_records import (
 from fedft.wire.order import in_zo_order
 from fedft.wire.zo_history import decode_history
 from fedft.zo.replay import replay_history_
+
+if TYPE_CHECKING:
+    from fedft.zo.mask import SparseMask
 
 STATE_FACTORS = "fedft-zo-factors"
 STATE_SYNC = "fedft-zo-sync"
@@ -69,6 +72,47 @@ def install_mask(scenario: Scenario, context: Context, config: ConfigRecord) -> 
         )
 
 
+_ORT_MASKS: dict[int, SparseMask] = {}  # partition -> its decoded mask (ONNX Runtime nodes)
+
+
+def ort_mask(context: Context, config: ConfigRecord) -> SparseMask:
+    """The run's sparse mask on an ONNX Runtime node, torch-free: :func:`install_mask`'s checks.
+
+    Decoded once when the server sends it (and kept in the node's state), then reused while its
+    digest is the one the server announces.
+    """
+    from fedft.zo.mask import SparseMask
+
+    partition = int(context.node_config["partition-id"])
+    announced = config.get(ZO_MASK_DIGEST_KEY, "")
+    sent = config.get(ZO_MASK_KEY, b"")
+    mask = _ORT_MASKS.get(partition)
+    if sent:
+        if not isinstance(sent, bytes):
+            raise ReplyError(f"config entry {ZO_MASK_KEY!r} must be bytes")
+        context.state.config_records[STATE_MASK] = ConfigRecord({"mask": sent})
+        mask = SparseMask.decode(sent)
+    elif mask is None or mask.digest() != announced:
+        if STATE_MASK not in context.state.config_records:
+            raise ReplyError("zo.sparse_fraction: this node never received the sparse mask")
+        stored = context.state.config_records[STATE_MASK]["mask"]
+        mask = SparseMask.decode(stored)  # type: ignore[arg-type]
+    if mask.digest() != announced:
+        raise ReplyError(
+            f"sparse mask {mask.digest()[:12]} is not the run's ({str(announced)[:12]})"
+        )
+    _ORT_MASKS[partition] = mask
+    return mask
+
+
+def node_mask(partition_id: int) -> SparseMask:
+    """The mask :func:`ort_mask` checked for ``partition_id`` this round."""
+    mask = _ORT_MASKS.get(partition_id)
+    if mask is None:
+        raise ReplyError(f"zo.sparse_fraction: partition {partition_id} holds no sparse mask")
+    return mask
+
+
 def _torch_installed() -> bool:
     try:
         return importlib.util.find_spec("torch") is not None
@@ -77,6 +121,8 @@ def _torch_installed() -> bool:
 
 
 def _initial_factors(scenario: Scenario, partition_id: int, numpy: bool) -> dict[str, Any]:
+    if numpy and scenario.zo.sparse:  # the mask's zero deltas
+        return node_mask(partition_id).initial_arrays()
     if numpy:  # the bundle's copy: no torch model on this node
         if scenario.zo.trainable_modules:
             raise ConfigError("zo.trainable_modules", "an ort node perturbs LoRA factors only")
@@ -102,7 +148,9 @@ def synced_factors(
     """
     state, config = context.state, msg.content.config_records["config"]
     server_round = config_int(config, "server-round")
-    if scenario.zo.sparse:  # torch nodes only (an ort node is refused at the edge)
+    if scenario.zo.sparse and numpy:
+        ort_mask(context, config)
+    elif scenario.zo.sparse:
         install_mask(scenario, context, config)
     unpack = record_to_arrays if numpy else record_to_factors
     factors: dict[str, Any]

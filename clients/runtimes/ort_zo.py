@@ -5,6 +5,8 @@
 ``fedft.v1.ZoReply``), but runs the bundle's
 forward-only graph with the LoRA factors as inputs: no torch model, no training runtime. Its records
 equal the torch client's up to float32 rounding of the losses (``tests/unit/test_ort_parity.py``).
+With ``zo.sparse_fraction > 0`` it perturbs the run's sparse mask instead, written into the base
+weights the graph takes as inputs (:mod:`fedft.edge.ort_sparse`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from clients.runtimes.ort_lora import client_datasets, edge_bundle, forward_mode
 from clients.runtimes.zo_round import plan_round, reply
 from fedft.config import Scenario
 from fedft.edge.bundle import FORWARD_MODEL
-from fedft.edge.ort_zo import ort_spsa_steps
+from fedft.edge.ort_sparse import SparseForward
+from fedft.edge.ort_zo import ForwardGraph, ort_spsa_steps
 
 
 @register_runtime("ort", "zeroth_order")
@@ -50,6 +53,24 @@ def _privatize(scenario: Scenario) -> Callable[[float], float] | None:
     return zo_grad(scenario, scenario.zo.grad_scale)
 
 
+_SPARSE: dict[tuple[str, int, str], SparseForward] = {}  # (graph, threads, mask digest)
+
+
+def _sparse_forward(scenario: Scenario, partition_id: int) -> SparseForward:
+    """The bundle's graph with the node's sparse mask (:func:`clients.zo_sync.ort_mask`)."""
+    from clients.zo_sync import node_mask
+
+    bundle, mask = edge_bundle(scenario), node_mask(partition_id)
+    threads = scenario.simulation.threads_per_client
+    path = bundle.file(FORWARD_MODEL)
+    key = (str(path), threads, mask.digest())
+    if key not in _SPARSE:
+        _SPARSE.clear()  # one mask per run: keep one copy of the masked weights
+        model = forward_model(path, threads)
+        _SPARSE[key] = SparseForward(model, path, mask, bundle.initial_factors())
+    return _SPARSE[key]
+
+
 def _train_round_zo(
     scenario: Scenario,
     partition_id: int,
@@ -59,7 +80,11 @@ def _train_round_zo(
 ) -> ZoReply:
     zo = scenario.zo
     bundle = edge_bundle(scenario)
-    model = forward_model(bundle.file(FORWARD_MODEL), scenario.simulation.threads_per_client)
+    model: ForwardGraph = forward_model(
+        bundle.file(FORWARD_MODEL), scenario.simulation.threads_per_client
+    )
+    if zo.sparse:  # the mask's deltas on the base weights, not the LoRA factors
+        model = _sparse_forward(scenario, partition_id)
     train_set, _ = client_datasets(scenario, partition_id)
     factors = numpy_factors(start_factors)  # copies: start stays the round's start
     plan = plan_round(scenario, partition_id, client, server_round)

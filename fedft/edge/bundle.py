@@ -63,6 +63,8 @@ def bundle_config(scenario: Scenario) -> dict[str, Any]:
         },
         "adamw": {"betas": list(ADAMW_BETAS), "eps": ADAMW_EPS},
     }
+    if scenario.zo.sparse:  # the forward graph takes these modules' weights as inputs
+        config["zo_sparse_modules"] = sorted(scenario.zo.sparse_modules)
     if model.source == "tiny":
         config["model"]["tiny"] = to_dict(model.tiny)
         config["run"] = {"seed": scenario.run.seed}

@@ -68,6 +68,7 @@ from fedft.edge.graph import (
     drop_initializer_inputs,
     factors_as_inputs,
     rename_values,
+    weights_as_overridable_inputs,
 )
 from fedft.models import initial_factors, load_base, load_peft_model, resolve_gguf, wrap_lora
 
@@ -231,12 +232,15 @@ def _write_artifacts(
     cap_ir_version(path)
 
 
-def _forward_model(exported: onnx.ModelProto, trainable: list[str]) -> onnx.ModelProto:
+def _forward_model(
+    exported: onnx.ModelProto, trainable: list[str], overridable: list[str]
+) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(exported)
     loss = add_causal_lm_loss(model.graph, "logits", "labels", loss="loss")
     model.graph.output.append(onnx.helper.make_tensor_value_info(loss, onnx.TensorProto.FLOAT, []))
     factors_as_inputs(model, trainable)
+    weights_as_overridable_inputs(model, overridable)
     onnx.checker.check_model(model)
     return model
 
@@ -289,12 +293,18 @@ def _build_into(scenario: Scenario, out: Path, protobuf_limit: int) -> None:
     model = wrap_lora(base, scenario.lora)
     shapes = {name: list(t.shape) for name, t in get_factors(model).items()}
     trainable, frozen = sorted(shapes), _base_names(model)
+    sparse_weights = []  # zo.sparse_fraction: the weights a sparse mask may touch, fed per step
+    if scenario.zo.sparse:
+        from fedft.zo.sparse import masked_modules
+
+        modules = masked_modules(model, scenario.zo.sparse_modules)
+        sparse_weights = [name + ".weight" for name in modules]
     exported = export_onnx(model, len(tokenizer))
     initializers = {init.name for init in exported.graph.initializer}
     missing = [n for n in trainable + frozen if n not in initializers]
     if missing:
         raise EdgeError(f"the ONNX export lost parameter {missing[0]!r} (renamed or folded)")
-    onnx.save(_forward_model(exported, trainable), out / FORWARD_MODEL)
+    onnx.save(_forward_model(exported, trainable, sparse_weights), out / FORWARD_MODEL)
     _write_artifacts(exported, trainable, frozen, out, scenario)
     tokenizer.save_pretrained(out / TOKENIZER)
     _write_initial_factors(scenario, out / INITIAL_FACTORS)

@@ -168,6 +168,26 @@ def factors_as_inputs(model: onnx.ModelProto, names: Iterable[str]) -> None:
     model.graph.initializer.extend(keep)
 
 
+def weights_as_overridable_inputs(model: onnx.ModelProto, names: Iterable[str]) -> None:
+    """Declare the initializers ``names`` graph inputs too: their values become feedable defaults.
+
+    ONNX (IR >= 4) lets an input share its name with an initializer: ONNX Runtime then lists it
+    under ``get_overridable_initializers`` (not ``get_inputs``), uses the stored weight when the
+    feed omits it and the fed array when given one. Sparse zo feeds the masked weights this way.
+
+    Raises
+    ------
+    EdgeError
+        If a name is not an initializer of the graph.
+    """
+    by_name = {init.name: init for init in model.graph.initializer}
+    for n in names:
+        init = by_name.get(n)
+        if init is None:
+            raise EdgeError(f"the exported graph has no initializer {n!r}")
+        model.graph.input.append(helper.make_tensor_value_info(n, init.data_type, list(init.dims)))
+
+
 def cap_ir_version(path: Path, max_ir: int = MAX_IR_VERSION) -> tuple[int, int]:
     """Lower an ONNX file's ``ir_version`` to ``max_ir`` in place; return (before, after).
 

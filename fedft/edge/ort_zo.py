@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -54,29 +55,60 @@ class ForwardModel:
             raise EdgeError(f"{path}: the forward graph has no input {missing[0]!r}")
         self.factor_names = sorted(name for name in inputs if name not in DATA_INPUTS)
 
-    def _feed(self, factors: Mapping[str, np.ndarray], batch: Batch) -> dict[str, np.ndarray]:
+    def _feed(
+        self,
+        factors: Mapping[str, np.ndarray],
+        batch: Batch,
+        weights: Mapping[str, np.ndarray] | None,
+    ) -> dict[str, np.ndarray]:
         missing = [name for name in self.factor_names if name not in factors]
         if missing:
             raise EdgeError(f"factors: missing tensor {missing[0]!r} ({len(missing)} missing)")
         feed = {k: np.ascontiguousarray(batch[k], dtype=np.int64) for k in DATA_INPUTS}
         feed.update({name: factors[name] for name in self.factor_names})
+        feed.update(weights or {})  # overridable initializers (fedft.edge.ort_sparse)
         return feed
 
-    def loss(self, factors: Mapping[str, np.ndarray], batch: Batch) -> float:
-        """Mean causal-LM loss of a batch (over response tokens) at ``factors``."""
-        (loss,) = self.session.run(["loss"], self._feed(factors, batch))
+    def loss(
+        self,
+        factors: Mapping[str, np.ndarray],
+        batch: Batch,
+        weights: Mapping[str, Any] | None = None,
+    ) -> float:
+        """Mean causal-LM loss of a batch (over response tokens) at ``factors``.
+
+        ``weights`` replace base weights the graph takes as overridable inputs.
+        """
+        (loss,) = self.session.run(["loss"], self._feed(factors, batch, weights))
         return float(loss)
+
+    def logits_and_loss(
+        self,
+        factors: Mapping[str, np.ndarray],
+        batch: Batch,
+        weights: Mapping[str, Any] | None = None,
+    ) -> tuple[np.ndarray, float]:
+        """``(B, L, V)`` logits and the mean loss of a batch at ``factors`` (and ``weights``)."""
+        logits, loss = self.session.run(["logits", "loss"], self._feed(factors, batch, weights))
+        return logits, float(loss)
+
+
+class ForwardGraph(Protocol):
+    """What SPSA steps and evaluation need of a graph: :class:`ForwardModel`, or a sparse one."""
+
+    def loss(self, factors: Mapping[str, np.ndarray], batch: Batch) -> float:
+        """Mean loss of a batch at ``factors`` (the trainable state)."""
+        ...
 
     def logits_and_loss(
         self, factors: Mapping[str, np.ndarray], batch: Batch
     ) -> tuple[np.ndarray, float]:
-        """``(B, L, V)`` logits and the mean loss of a batch at ``factors``."""
-        logits, loss = self.session.run(["logits", "loss"], self._feed(factors, batch))
-        return logits, float(loss)
+        """Logits and mean loss of a batch at ``factors``."""
+        ...
 
 
 def ort_spsa_steps(
-    model: ForwardModel,
+    model: ForwardGraph,
     factors: MutableMapping[str, np.ndarray],
     batches: Iterable[Batch],
     pool: Sequence[int],
@@ -97,10 +129,11 @@ def ort_spsa_steps(
 
     Parameters
     ----------
-    model : ForwardModel
-        The bundle's forward-only graph.
+    model : ForwardGraph
+        The bundle's forward-only graph (:class:`fedft.edge.ort_sparse.SparseForward` for a mask).
     factors : MutableMapping[str, np.ndarray]
-        LoRA factors by peft name; replaced by contiguous float32 arrays, then updated in place.
+        LoRA factors by peft name (or a mask's deltas); replaced by contiguous float32 arrays,
+        then updated in place.
     batches : Iterable[Mapping[str, np.ndarray]]
         ``input_ids``, ``attention_mask``, ``labels`` (int64, (batch, sequence)), one per step.
     pool, indices : Sequence[int]
@@ -152,7 +185,7 @@ def ort_spsa_steps(
 
 
 def evaluate_forward(
-    model: ForwardModel,
+    model: ForwardGraph,
     factors: Mapping[str, np.ndarray],
     dataset: EncodedDataset,
     batch_size: int,

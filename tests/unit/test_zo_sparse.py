@@ -205,9 +205,11 @@ def test_the_sparse_options_are_checked_at_the_edge():
     with pytest.raises(ConfigError, match=r"zo\.sparse_mask"):
         load_scenario(None, ["zo.sparse_mask='largest'"])
     with pytest.raises(ConfigError, match=r"zo\.sparse_fraction.*strategy = 'zo'"):
-        load_scenario(None, ["zo.sparse_fraction=0.01"])  # a fedit run (mixed rounds)
-    with pytest.raises(ConfigError, match=r"zo\.sparse_fraction.*ONNX"):
-        load_scenario(None, [*SPARSE, "client.backend='ort'"])
+        load_scenario(None, ["zo.sparse_fraction=0.01"])  # a fedit run
+    mixed = ["federation.strategy='lora_fair'", "client_groups=[{partitions=[0], backend='zo'}]"]
+    with pytest.raises(ConfigError, match=r"zo\.sparse_fraction.*no mixed rounds"):
+        load_scenario(None, [*SPARSE, *mixed])
+    assert load_scenario(None, [*SPARSE, "client.backend='ort'"]).zo.sparse  # test_ort_sparse.py
     assert scenario("client.quantization='nf4'").zo.sparse  # a quantized base is the point
     assert not ZoSection().sparse
 
