@@ -40,11 +40,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -87,23 +89,26 @@ def deploy(
     client_cmd = [*FEDFT, "client", "--insecure", "--server", f"127.0.0.1:{fleet}"]
     client_cmd += ["--partition-id", "0", "--num-partitions", "1", "--backend", backend]
     client_cmd += ["--isolation", isolation, "--runtime-port", str(free_port())]
-    with (folder / "server.log").open("wb") as slog, (folder / "client.log").open("wb") as clog:
-        server = subprocess.Popen(server_cmd, cwd=folder, env=env, stdout=slog, stderr=slog)
-        client = subprocess.Popen(client_cmd, cwd=folder, env=env, stdout=clog, stderr=clog)
-        try:
-            code = server.wait(timeout=3600)
-        finally:
-            for proc in (client, server):
-                if proc.poll() is None:
-                    proc.terminate()
-                    proc.wait(timeout=60)
+    pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+    server = subprocess.Popen(server_cmd, cwd=folder, env=env, **pipe)
+    client = subprocess.Popen(client_cmd, cwd=folder, env=env, **pipe)
+    copies = [stamped(server, folder / "server.log"), stamped(client, folder / "client.log")]
+    try:
+        code = server.wait(timeout=3600)
+    finally:
+        for proc in (client, server):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+        for copy in copies:
+            copy.join(timeout=30)
     if code != 0:
         tail = (folder / "server.log").read_text(errors="replace")[-3000:]
         raise SystemExit(f"{isolation}/{backend}: fedft server exited with {code}\n{tail}")
     served = [  # the warm process's own line per train message: claimed to pushed
-        float(line.split(" message in ", 1)[1].split()[0])
-        for line in (folder / "client.log").read_text(errors="replace").splitlines()
-        if line.startswith("fedft: ClientApp process") and "served train message" in line
+        float(text.split(" message in ", 1)[1].split()[0])
+        for _, text in lines(folder / "client.log")
+        if text.startswith("fedft: ClientApp process") and "served train message" in text
     ]
     metrics = next(folder.glob("runs/*/metrics.jsonl"))
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
@@ -115,6 +120,74 @@ def deploy(
             r = row["round"]
             app = served[r - 1] - train[r] if len(served) >= r else float("nan")
             out.append({"round": r, "train_s": train[r], "overhead": phase - train[r], "app": app})
+    for row, parts in zip(out, breakdown(folder, rows), strict=False):
+        row.update(parts)
+    return out
+
+
+def stamped(proc: subprocess.Popen, path: Path) -> threading.Thread:
+    """Copy ``proc``'s output to ``path``, each line prefixed with the wall clock when read."""
+
+    def copy() -> None:
+        with path.open("w") as out:
+            for raw in iter(proc.stdout.readline, b""):
+                out.write(f"{time.time():.3f} {raw.decode(errors='replace')}")
+                out.flush()
+
+    thread = threading.Thread(target=copy, daemon=True)
+    thread.start()
+    return thread
+
+
+def lines(path: Path) -> list[tuple[float, str]]:
+    """A stamped log's lines: (wall clock, text without Flower's colour codes and level)."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        stamp, _, text = line.partition(" ")
+        text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+        out.append((float(stamp), re.sub(r"^(INFO|WARNING|ERROR|DEBUG) *:\s*", "", text)))
+    return out
+
+
+def first(events: list[tuple[float, str]], after: float, marker: str) -> float:
+    """The time of the first line at or after ``after`` that contains ``marker`` (nan if none)."""
+    return next((t for t, text in events if t >= after and marker in text), float("nan"))
+
+
+def breakdown(folder: Path, rows: list[dict]) -> list[dict]:
+    """Where each round's time goes, from the stamped logs (one device's train message a round).
+
+    ``to_node``: end of the previous round's eval to the SuperNode's "Receiving" (the server's
+    configure and push, the SuperNode's idle poll of the SuperLink, 3 s in Flower 1.39);
+    ``node_pull``: "Receiving" to "Received successfully" (the SuperNode pulls the message);
+    ``device``: to "Sending" (the ClientApp process: start-up if cold, pull from the SuperNode,
+    train, local eval, push back, and the SuperNode noticing the reply, a 0.5 s poll);
+    ``node_send``: "Sending" to "Sent successfully"; ``server_pull``: to the server having the
+    reply (its round line minus ``eval_s`` and ``aggregate_s``: its pull of the reply).
+    """
+    server, client = lines(folder / "server.log"), lines(folder / "client.log")
+    rounds = {r["round"]: r for r in rows if r["kind"] == "round"}
+    ends = {}
+    for t, text in server:
+        if (m := re.match(r"round (\d+)/\d+ ", text)) is not None:
+            ends.setdefault(int(m.group(1)), t)
+    out = []
+    for r in sorted(k for k in rounds if k >= 1 and k in ends and k - 1 in ends):
+        start = ends[r - 1]
+        recv = first(client, start, "Receiving: train message")
+        rcvd = first(client, recv, "Received successfully")
+        send = first(client, rcvd, "Sending: train message")
+        sent = first(client, send, "Sent successfully")
+        got = ends[r] - rounds[r].get("eval_s", 0.0) - rounds[r].get("aggregate_s", 0.0)
+        out.append(
+            {
+                "to_node": recv - start,
+                "node_pull": rcvd - recv,
+                "device": send - rcvd,
+                "node_send": sent - send,
+                "server_pull": got - sent,
+            }
+        )
     return out
 
 
@@ -162,6 +235,18 @@ def main() -> None:
             f"{max(later) if later else float('nan'):>7.2f}"
             f"{statistics.mean(r['app'] for r in rows[1:]) if later else float('nan'):>18.2f}"
             f"{statistics.mean(r['train_s'] for r in rows):>14.2f}"
+        )
+    parts = ("to_node", "node_pull", "device", "node_send", "server_pull")
+    print("\nwhere the time goes, rounds 2..R mean (s; breakdown() says what each part is)")
+    print(f"{'backend':<8}{'isolation':<12}" + "".join(f"{p:>12}" for p in parts) + "  train_s")
+    for (isolation, backend), rows in sorted(results.items()):
+        later = rows[1:] or rows
+        print(
+            f"{backend:<8}{isolation:<12}"
+            + "".join(
+                f"{statistics.mean(r.get(p, float('nan')) for r in later):>12.2f}" for p in parts
+            )
+            + f"  {statistics.mean(r['train_s'] for r in later):.2f}"
         )
 
 

@@ -86,8 +86,10 @@ def send_and_receive(
 ) -> list[Message]:
     """``grid.send_and_receive``, but raising :class:`Interrupted` soon after ``stop`` is set.
 
-    Flower's own call waits for every reply or the whole timeout, whatever else happens. While
-    it waits, ``on_wait(replies, sent)`` is called after every pull.
+    Flower's own call waits for every reply or the whole timeout, whatever else happens, and
+    its deployed grid pulls every 3 s (``time.sleep(3)`` in ``flwr/superlink/grid/http_grid.py``),
+    up to 3 s a round after the last reply came in. While it waits, ``on_wait(replies, sent)``
+    is called after every pull.
 
     Pulls come every 0.1 s, or less often when a pull itself takes longer than
     ``PULL_SHARE`` of that: Flower's in-memory link state checks every pending instruction on
@@ -95,11 +97,10 @@ def send_and_receive(
     keep a fifth of a core busy in the driver, beside the clients. The wait after a pull is
     ``max(0.1, pull_s / PULL_SHARE)`` seconds.
     """
-    if stop is None:
-        return list(grid.send_and_receive(messages, timeout=timeout))
     pending = set(grid.push_messages(messages))
     sent, replies = len(pending), []
     deadline = time.monotonic() + timeout
+    stop = stop or threading.Event()  # deployed (flwr run): nothing sets it
     while pending and time.monotonic() < deadline:
         if stop.is_set():
             raise Interrupted

@@ -102,10 +102,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     client.add_argument(
         "--isolation",
         choices=("process", "subprocess"),
-        default="subprocess",
-        help="subprocess (default): Flower's fresh ClientApp process per message; process: "
-        "one long-lived ClientApp process serves every round, the model and data stay loaded "
-        "(a server restarted with --resume is not served yet: docs/deploy.md)",
+        default="process",
+        help="process (default): one long-lived ClientApp process serves every round, the "
+        "model and data stay loaded (docs/deploy.md); subprocess: Flower's fresh ClientApp "
+        "process per message",
     )
     for parser in (certs, server, client):
         add_verbose(parser)

@@ -60,7 +60,7 @@ class ClientOptions:
     runtime_port: int
     max_wait_s: float | None  # None: retry an unreachable server for ever
     verbose: bool = False
-    isolation: str = "subprocess"  # "process": one warm ClientApp process for every round
+    isolation: str = "process"  # one warm ClientApp process for every round; or "subprocess"
 
 
 def ca_cert(certs: Path) -> Path:

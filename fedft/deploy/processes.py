@@ -34,6 +34,7 @@ WATCHDOG = Path(__file__).with_name("watchdog.py")
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr live beside python
 DEFAULT_FLEET_PORT = 9092  # Flower's default Fleet API port
 DEFAULT_CONTROL_PORT = 9093  # fedft's choice; Flower 1.39's HTTP default (8000) often clashes
+SUPEREXEC_POLL_S = 0.2  # a local HTTP call: 5 a second cost nothing next to a round
 DEFAULT_RUNTIME_PORT = 9094  # Flower's default SuperNode Runtime API port
 
 
@@ -56,11 +57,15 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
     Flower's executables and the ones they start (``flower-superexec``, ``flwr-serverapp``,
     ``flwr-clientapp``) must resolve to this Python's; Flower must not ``uv sync`` the app's
     dependencies at run time (they are installed); ``FLWR_HOME`` (Flower's config and app
-    folder, ``~/.flwr`` by default) is private to the server when given.
+    folder, ``~/.flwr`` by default) is private to the server when given. A SuperExec (the
+    SuperLink's, and a SuperNode's in ``--isolation subprocess``) asks for tasks every
+    :data:`SUPEREXEC_POLL_S` (Flower's default: 1 s; ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, the
+    one poll interval of a round that Flower 1.39 lets a user set).
     """
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(SUPEREXEC_POLL_S))
     env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)

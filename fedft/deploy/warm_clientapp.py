@@ -35,7 +35,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -54,9 +54,10 @@ from flwr.supercore.interceptors import (
 )
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 from fedft.deploy.warm_process import NEW_APP_EXIT
+from fedft.deploy.warm_task import StaleTask, newer_task_pending, pull_task_input
 
 WARM_ENV = "FEDFT_WARM_PROCESS"  # as fedft.edge.ort_train.WARM_ENV (not imported: no onnx here)
 
@@ -79,12 +80,16 @@ def _client(address: str, component: str, token: str | None = None) -> RuntimeHt
     )
 
 
-def serve_task(address: str, token: str, installed: set[str]) -> str:
+def serve_task(
+    address: str, token: str, installed: set[str], stale: Callable[[], bool] = lambda: False
+) -> str:
     """Run one claimed task in this process, as ``flwr-clientapp --token`` would; its FAB hash.
 
     ``installed``: the FAB hashes already installed by this process (the FAB is installed once).
     The reply (or Flower's error reply if the app raised) and the context are pushed back, and
-    one line says how long the task took, from claimed to pushed.
+    one line says how long the task took, from claimed to pushed. A task whose message the
+    SuperNode gave up on (``stale()``: :mod:`fedft.deploy.warm_task`) ends as failed, with no
+    reply and no context: its run is over.
     """
     started = time.perf_counter()
     client = _client(address, "flwr-clientapp", token)
@@ -96,7 +101,7 @@ def serve_task(address: str, token: str, installed: set[str]) -> str:
     fab_hash, app_s = "", 0.0
     sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
     try:
-        message, context, run, fab = pull_task_input(client)
+        message, context, run, fab = pull_task_input(client, stale)
         fab_hash = fab.hash_str
         if fab_hash not in installed:
             install_from_fab(fab.content, skip_prompt=True)
@@ -107,6 +112,10 @@ def serve_task(address: str, token: str, installed: set[str]) -> str:
         reply = client_app(message=message, context=context)
         app_s = time.perf_counter() - called
         sub_status, details = SubStatus.COMPLETED, ""
+    except StaleTask as err:
+        context, details = None, f"the SuperNode gave up on this task's message: {err}"
+        print(f"fedft: ClientApp process {os.getpid()} dropped a task: {details}", flush=True)
+        return fab_hash  # finally: its status pushed (failed), nothing else
     except Exception as err:  # as Flower's run_clientapp: the server gets an error reply
         code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
         reason = f"{type(err)}:<'{err}'>"
@@ -160,6 +169,7 @@ def serve(address: str, backend: str = "torch", poll_s: float = POLL_S) -> int:
     preload(backend)
     acquirer = _client(address, "SuperExec")
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
+    stale = newer_task_pending(_client(address, "SuperExec"))  # a task's message given up on
     loaded: str | None = None  # the FAB whose modules this process imported
     installed: set[str] = set()
     print(f"fedft: ClientApp process {os.getpid()} ready", flush=True)
@@ -172,7 +182,7 @@ def serve(address: str, backend: str = "torch", poll_s: float = POLL_S) -> int:
             if loaded is not None and res.task.fab_hash and res.task.fab_hash != loaded:
                 _one_shot(address, res.token)
                 return NEW_APP_EXIT
-            loaded = serve_task(address, res.token, installed) or loaded
+            loaded = serve_task(address, res.token, installed, stale) or loaded
     finally:
         acquirer.close()
 

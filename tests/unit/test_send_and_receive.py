@@ -47,3 +47,13 @@ def test_stop_interrupts_a_wait_that_would_last_the_whole_timeout():
 def test_the_timeout_still_ends_the_wait_with_the_replies_so_far():
     replies = send_and_receive(FakeGrid([0.0, None]), ["a", "b"], 0.5, threading.Event())
     assert [m.metadata.reply_to_message_id for m in replies] == ["0"]
+
+
+def test_a_deployed_run_without_a_stop_event_polls_the_same_way():
+    # flwr run's ServerApp passes no stop event: not Flower's own call (a pull every 3 s)
+    seen = []
+    replies = send_and_receive(
+        FakeGrid([0.0, 0.2]), ["a", "b"], 10.0, None, lambda r, s: seen.append(r)
+    )
+    assert sorted(m.metadata.reply_to_message_id for m in replies) == ["0", "1"]
+    assert seen[-1] == 2
