@@ -113,13 +113,15 @@ def deploy(
     metrics = next(folder.glob("runs/*/metrics.jsonl"))
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     train = {r["round"]: r["train_s"] for r in rows if r["kind"] == "client"}
+    app_s = {r["round"]: r.get("app_s", float("nan")) for r in rows if r["kind"] == "client"}
     out = []
     for row in rows:
         if row["kind"] == "round" and row["round"] >= 1:
             phase = row["wall_s"] - row.get("aggregate_s", 0.0) - row.get("eval_s", 0.0)
             r = row["round"]
             app = served[r - 1] - train[r] if len(served) >= r else float("nan")
-            out.append({"round": r, "train_s": train[r], "overhead": phase - train[r], "app": app})
+            row_out = {"round": r, "train_s": train[r], "overhead": phase - train[r], "app": app}
+            out.append(row_out | {"local": app_s[r] - train[r]})  # the ClientApp beyond training
     for row, parts in zip(out, breakdown(folder, rows), strict=False):
         row.update(parts)
     return out
@@ -161,7 +163,9 @@ def breakdown(folder: Path, rows: list[dict]) -> list[dict]:
     configure and push, the SuperNode's idle poll of the SuperLink, 3 s in Flower 1.39);
     ``node_pull``: "Receiving" to "Received successfully" (the SuperNode pulls the message);
     ``device``: to "Sending" (the ClientApp process: start-up if cold, pull from the SuperNode,
-    train, local eval, push back, and the SuperNode noticing the reply, a 0.5 s poll);
+    train, local eval, push back, and the SuperNode noticing the reply, a 0.5 s poll; of it
+    ``local`` is the ClientApp's own work beyond training: ``app_s - train_s``, its local eval
+    and generation, the records);
     ``node_send``: "Sending" to "Sent successfully"; ``server_pull``: to the server having the
     reply (its round line minus ``eval_s`` and ``aggregate_s``: its pull of the reply).
     """
@@ -236,7 +240,7 @@ def main() -> None:
             f"{statistics.mean(r['app'] for r in rows[1:]) if later else float('nan'):>18.2f}"
             f"{statistics.mean(r['train_s'] for r in rows):>14.2f}"
         )
-    parts = ("to_node", "node_pull", "device", "node_send", "server_pull")
+    parts = ("to_node", "node_pull", "device", "local", "node_send", "server_pull")
     print("\nwhere the time goes, rounds 2..R mean (s; breakdown() says what each part is)")
     print(f"{'backend':<8}{'isolation':<12}" + "".join(f"{p:>12}" for p in parts) + "  train_s")
     for (isolation, backend), rows in sorted(results.items()):
