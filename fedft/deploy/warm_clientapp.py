@@ -169,7 +169,7 @@ def serve(address: str, backend: str = "torch", poll_s: float = POLL_S) -> int:
     preload(backend)
     acquirer = _client(address, "SuperExec")
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
-    stale = newer_task_pending(_client(address, "SuperExec"))  # a task's message given up on
+    checker = _client(address, "SuperExec")  # asks whether a task's message was given up on
     loaded: str | None = None  # the FAB whose modules this process imported
     installed: set[str] = set()
     print(f"fedft: ClientApp process {os.getpid()} ready", flush=True)
@@ -182,9 +182,11 @@ def serve(address: str, backend: str = "torch", poll_s: float = POLL_S) -> int:
             if loaded is not None and res.task.fab_hash and res.task.fab_hash != loaded:
                 _one_shot(address, res.token)
                 return NEW_APP_EXIT
+            stale = newer_task_pending(checker)  # per task: no answer carried over
             loaded = serve_task(address, res.token, installed, stale) or loaded
     finally:
         acquirer.close()
+        checker.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,7 +60,8 @@ class StaleTask(Exception):
 def newer_task_pending(superexec: RuntimeHttpClient) -> Callable[[], bool]:
     """Whether the SuperNode holds a pending ClientApp task (asked at most every STALE_CHECK_S).
 
-    Thread-safe: Flower pulls a message's objects from several threads.
+    One per claimed task (an answer is kept for STALE_CHECK_S: the previous task's "yes" must
+    not drop the next one). Thread-safe: Flower pulls a message's objects from several threads.
     """
     lock = threading.Lock()
     last = [0.0, False]
