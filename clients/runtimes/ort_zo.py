@@ -53,22 +53,23 @@ def _privatize(scenario: Scenario) -> Callable[[float], float] | None:
     return zo_grad(scenario, scenario.zo.grad_scale)
 
 
-_SPARSE: dict[tuple[str, int, str], SparseForward] = {}  # (graph, threads, mask digest)
+_SPARSE: list[SparseForward] = []  # the one run's masked graph (its weights copied once)
 
 
 def _sparse_forward(scenario: Scenario, partition_id: int) -> SparseForward:
-    """The bundle's graph with the node's sparse mask (:func:`clients.zo_sync.ort_mask`)."""
+    """The bundle's graph with the node's sparse mask (:func:`clients.zo_sync.ort_mask`).
+
+    Reused while it wraps the very graph :func:`forward_model` returns (a warm device clears that
+    cache when its bundle changes: :mod:`clients.warm`) and the same mask.
+    """
     from clients.zo_sync import node_mask
 
     bundle, mask = edge_bundle(scenario), node_mask(partition_id)
-    threads = scenario.simulation.threads_per_client
     path = bundle.file(FORWARD_MODEL)
-    key = (str(path), threads, mask.digest())
-    if key not in _SPARSE:
-        _SPARSE.clear()  # one mask per run: keep one copy of the masked weights
-        model = forward_model(path, threads)
-        _SPARSE[key] = SparseForward(model, path, mask, bundle.initial_factors())
-    return _SPARSE[key]
+    model = forward_model(path, scenario.simulation.threads_per_client)
+    if not (_SPARSE and _SPARSE[0].model is model and _SPARSE[0].mask.digest() == mask.digest()):
+        _SPARSE[:] = [SparseForward(model, path, mask, bundle.initial_factors())]
+    return _SPARSE[0]
 
 
 def _train_round_zo(

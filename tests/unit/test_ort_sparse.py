@@ -160,3 +160,30 @@ def test_an_ort_node_checks_the_mask_and_replies_deltas_the_server_rebuilds(setu
     ends = in_zo_order(reply.factors)
     assert [r.tobytes() for r in rebuilt] == [e.tobytes() for e in ends]
     assert any(np.any(e != 0) for e in ends)
+
+
+def test_the_masked_graph_follows_a_warm_device_clearing_its_caches(setup, monkeypatch):
+    from flwr.app import ConfigRecord, Context, RecordDict
+
+    from clients import warm, zo_sync
+    from clients.runtimes import ort_lora, ort_zo
+    from fedft.flower_records import ZO_MASK_DIGEST_KEY, ZO_MASK_KEY
+
+    sc, bundle, _, mask, _, _, _, _ = setup
+    context = Context(1, 7, {"partition-id": 1}, RecordDict(), {})
+    config = {ZO_MASK_KEY: mask.encode(), ZO_MASK_DIGEST_KEY: mask.digest()}
+    monkeypatch.setenv(ort_lora.BUNDLE_ENV, str(bundle.path))
+    ort_lora.edge_bundle.cache_clear()
+    try:
+        zo_sync.ort_mask(context, ConfigRecord(config))
+        first = ort_zo._sparse_forward(sc, 1)
+        assert ort_zo._sparse_forward(sc, 1) is first  # the weights are copied once a run
+        warm.clear()  # a warm device's bundle changed: its graph is loaded again
+        again = ort_zo._sparse_forward(sc, 1)
+        assert again is not first and again.model is ort_lora.forward_model(
+            bundle.file("forward_model.onnx"), sc.simulation.threads_per_client
+        )
+    finally:
+        ort_lora.edge_bundle.cache_clear()
+        zo_sync._ORT_MASKS.clear()
+        ort_zo._SPARSE.clear()
